@@ -1,0 +1,7 @@
+"""``python -m pixelwise`` (also what ``torchrun -m pixelwise`` runs)."""
+
+import sys
+
+from pixelwise.cli import main
+
+sys.exit(main())

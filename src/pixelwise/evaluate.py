@@ -1,0 +1,119 @@
+"""Evaluation: one confusion matrix over a whole split, and everything derived from it.
+
+The same code scores validation during training and ``pixelwise evaluate`` afterwards, and it
+predicts exactly as ``pixelwise predict`` does (whole image, any size, see
+:func:`pixelwise.predict.forward_full`), so the numbers describe what users get.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pixelwise.data import open_dataset
+from pixelwise.data.base import SegmentationDataset
+from pixelwise.data.transforms import mask_to_tensor, to_tensor
+from pixelwise.files import write_json
+from pixelwise.losses import pixel_cross_entropy
+from pixelwise.metrics import confusion_matrix, format_scores, scores
+from pixelwise.predict import Segmenter, forward_full
+
+__all__ = ["EvalResult", "evaluate_dataset", "evaluate_run"]
+
+
+@dataclass
+class EvalResult:
+    """Confusion matrix, metrics and mean loss of one pass over a dataset."""
+
+    cm: torch.Tensor
+    scores: dict[str, Any]
+    loss: float
+    examples: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
+
+
+@torch.inference_mode()
+def evaluate_dataset(
+    model: torch.nn.Module,
+    dataset: SegmentationDataset,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    device: torch.device | str = "cpu",
+    class_weights: torch.Tensor | None = None,
+    keep_examples: int = 0,
+    progress: Callable[[Iterable], Iterator] | None = None,
+) -> EvalResult:
+    """Predict every sample of ``dataset`` at full resolution and accumulate one confusion matrix.
+
+    ``keep_examples`` (image, truth, prediction) triples of the first samples are returned for
+    pictures.
+    """
+    was_training = model.training
+    model.eval()
+    c = dataset.classes.num_classes
+    ignore = dataset.classes.ignore_index
+    cm = torch.zeros(c, c, dtype=torch.int64, device=device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    examples = []
+    indices = range(len(dataset))
+    for i in progress(indices) if progress else indices:
+        sample = dataset[i]
+        x = to_tensor(sample.image, mean, std).unsqueeze(0).to(device)
+        y = mask_to_tensor(sample.mask).unsqueeze(0).to(device)
+        logits = forward_full(model, x).float()
+        loss_sum += pixel_cross_entropy(logits, y, class_weights, ignore_index=ignore)
+        pred = logits.argmax(1)
+        cm += confusion_matrix(pred, y, c, ignore)
+        if len(examples) < keep_examples:
+            examples.append((sample.image, sample.mask, pred[0].to(torch.uint8).cpu().numpy()))
+    model.train(was_training)
+    cm = cm.cpu()
+    return EvalResult(cm, scores(cm), float(loss_sum) / max(1, len(dataset)), examples)
+
+
+def evaluate_run(
+    run: str | Path,
+    data: str | Path,
+    split: str = "val",
+    which: str = "best",
+    device: str = "auto",
+    out_dir: str | Path | None = None,
+    progress: Callable[[Iterable], Iterator] | None = None,
+    **data_kwargs: Any,
+) -> dict[str, Any]:
+    """Score a trained run on ``data``'s ``split``.
+
+    Writes ``eval_<split>.json`` (all metrics, class names, confusion matrix) and
+    ``confusion_<split>.png`` to ``out_dir`` (default: the run directory) and returns the JSON
+    content. The dataset must have the run's number of classes.
+    """
+    from pixelwise.errors import ConfigError
+    from pixelwise.plots import plot_confusion
+
+    seg = Segmenter.from_run(run, which, device)
+    dataset = open_dataset(data, split, channels=seg.in_channels, **data_kwargs)
+    if dataset.classes.num_classes != seg.classes.num_classes:
+        raise ConfigError(
+            f"--data {data}: has {dataset.classes.num_classes} classes but the run was trained "
+            f"on {seg.classes.num_classes}"
+        )
+    result = evaluate_dataset(seg.model, dataset, seg.mean, seg.std, seg.device, progress=progress)
+    out = Path(out_dir) if out_dir is not None else Path(run)
+    report = {
+        "run": str(run),
+        "data": str(data),
+        "split": split,
+        "checkpoint": which,
+        "images": len(dataset),
+        "class_names": list(seg.classes.names),
+        **result.scores,
+        "confusion_matrix": result.cm.tolist(),
+        "table": format_scores(result.scores, seg.classes.names),
+    }
+    write_json(out / f"eval_{split}.json", report)
+    plot_confusion(result.cm.numpy(), seg.classes.names, out / f"confusion_{split}.png")
+    return report

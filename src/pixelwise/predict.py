@@ -1,0 +1,142 @@
+"""Prediction: from an image of any size and mode to a label mask.
+
+``Segmenter`` wraps a trained model with its normalisation and classes. Every model returns logits
+of exactly the input's height and width: fully convolutional nets do so by construction, and the
+valid-convolution U-Net (whose output is smaller than its input by a fixed border) gets its
+missing context by mirroring the image, as in the U-Net paper's overlap-tile strategy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pixelwise.data.classes import ClassInfo
+from pixelwise.data.io import read_image, write_image, write_mask
+from pixelwise.data.transforms import to_tensor
+from pixelwise.runs import LoadedRun, load_run
+
+__all__ = ["Segmenter", "forward_full", "mirror_pad", "predict_files", "resolve_device"]
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp"}
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` picks CUDA when available, else the CPU."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def mirror_pad(x: torch.Tensor, top: int, bottom: int, left: int, right: int) -> torch.Tensor:
+    """Reflect-pad ``x (N, C, H, W)`` by any amount (repeating the reflection when the pad is
+    larger than the image, which ``F.pad`` alone refuses)."""
+    while top or bottom or left or right:
+        h, w = x.shape[-2:]
+        t, b = min(top, h - 1), min(bottom, h - 1)
+        lft, r = min(left, w - 1), min(right, w - 1)
+        if h == 1 or w == 1:  # nothing to reflect: repeat the edge
+            return F.pad(x, (left, right, top, bottom), mode="replicate")
+        x = F.pad(x, (lft, r, t, b), mode="reflect")
+        top, bottom, left, right = top - t, bottom - b, left - lft, right - r
+    return x
+
+
+def forward_full(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Logits ``(N, C, H, W)`` for input ``x (N, in_channels, H, W)``, whatever the model's border.
+
+    For a valid-convolution model (``model.border > 0``) the input is mirror-padded to the
+    smallest size whose output covers ``H x W`` and for which every 2x2 pooling sees even sizes,
+    then the output is cut to ``H x W``.
+    """
+    border = int(getattr(model, "border", 0))
+    if border == 0:
+        return model(x)
+    h, w = x.shape[-2:]
+    in_h, in_w = model.valid_input_size(h, w)
+    padded = mirror_pad(x, border, in_h - h - border, border, in_w - w - border)
+    return model(padded)[..., :h, :w]
+
+
+@dataclass
+class Segmenter:
+    """A trained model ready to label images (``Segmenter.from_run(RUN)``)."""
+
+    model: torch.nn.Module
+    classes: ClassInfo
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    in_channels: int
+    device: torch.device = torch.device("cpu")
+
+    @classmethod
+    def from_run(
+        cls, run: str | Path | LoadedRun, which: str = "best", device: str = "auto"
+    ) -> Segmenter:
+        dev = resolve_device(device)
+        loaded = run if isinstance(run, LoadedRun) else load_run(run, which, device=dev)
+        loaded.model.to(dev).eval()
+        return cls(
+            loaded.model, loaded.classes, loaded.mean, loaded.std, loaded.in_channels, dev
+        )
+
+    @torch.inference_mode()
+    def logits(self, image: np.ndarray) -> torch.Tensor:
+        """Logits ``(num_classes, H, W)`` for an image ``(H, W, C)`` uint8 (C = in_channels)."""
+        x = to_tensor(image, self.mean, self.std).unsqueeze(0).to(self.device)
+        return forward_full(self.model, x)[0].float()
+
+    def predict(self, image: np.ndarray) -> np.ndarray:
+        """Label mask ``(H, W)`` uint8 for an image ``(H, W, C)`` uint8."""
+        return self.logits(image).argmax(0).to(torch.uint8).cpu().numpy()
+
+    def read(self, path: str | Path) -> np.ndarray:
+        """Read an image file with the channel count the model expects."""
+        return read_image(path, channels=self.in_channels)
+
+
+def list_images(inputs: Iterable[str | Path]) -> list[Path]:
+    """Expand files and folders (non-recursive) into a sorted list of image files."""
+    files: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            files.extend(sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES))
+        else:
+            files.append(p)
+    return files
+
+
+def predict_files(
+    segmenter: Segmenter,
+    files: list[Path],
+    out_dir: str | Path,
+    overlay_alpha: float = 0.5,
+    progress: Callable[[Iterable], Iterator] | None = None,
+) -> list[Path]:
+    """Label every file; write ``OUT/<stem>.png`` (palette mask) and ``OUT/<stem>_overlay.png``.
+
+    Each file is read fully before anything is written for it, and every write is atomic, so a
+    bad input never leaves a partial output. Returns the mask paths.
+    """
+    from pixelwise.plots import overlay
+
+    out = Path(out_dir)
+    written = []
+    stems: set[str] = set()
+    for path in progress(files) if progress else files:
+        image = segmenter.read(path)
+        mask = segmenter.predict(image)
+        stem = path.stem
+        while stem in stems:  # a.png and a.jpg in one call: keep both
+            stem += "_"
+        stems.add(stem)
+        write_mask(out / f"{stem}.png", mask, segmenter.classes)
+        write_image(out / f"{stem}_overlay.png", overlay(image, mask, segmenter.classes, overlay_alpha))
+        written.append(out / f"{stem}.png")
+    return written

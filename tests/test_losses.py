@@ -1,0 +1,48 @@
+import torch
+import torch.nn.functional as F
+
+from pixelwise.losses import align_target, pixel_cross_entropy
+
+
+def test_equals_torch_mean_without_weights():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 4, 5, 6)
+    target = torch.randint(0, 4, (2, 5, 6))
+    target[0, 0, :3] = 255
+    expected = F.cross_entropy(logits, target, ignore_index=255)
+    assert torch.allclose(pixel_cross_entropy(logits, target), expected)
+
+
+def test_normalised_by_labelled_pixels_only():
+    torch.manual_seed(0)
+    logits = torch.randn(1, 3, 8, 8)
+    target = torch.full((1, 8, 8), 255)
+    target[0, 2, 3] = 1
+    target[0, 5, 5] = 2
+    nll = -F.log_softmax(logits, 1)[0]
+    expected = (nll[1, 2, 3] + nll[2, 5, 5]) / 2
+    assert torch.allclose(pixel_cross_entropy(logits, target), expected)
+
+
+def test_class_and_pixel_weights():
+    torch.manual_seed(1)
+    logits = torch.randn(1, 2, 2, 2)
+    target = torch.tensor([[[0, 1], [1, 255]]])
+    cw = torch.tensor([1.0, 3.0])
+    pw = torch.tensor([[[2.0, 1.0], [0.5, 9.0]]])
+    nll = -F.log_softmax(logits, 1)[0]
+    expected = (2 * nll[0, 0, 0] + 3 * nll[1, 0, 1] + 3 * 0.5 * nll[1, 1, 0]) / 3
+    got = pixel_cross_entropy(logits, target, class_weights=cw, pixel_weights=pw)
+    assert torch.allclose(got, expected)
+
+
+def test_all_ignored_gives_zero_with_gradient():
+    logits = torch.randn(1, 2, 3, 3, requires_grad=True)
+    loss = pixel_cross_entropy(logits, torch.full((1, 3, 3), 255))
+    loss.backward()
+    assert loss.item() == 0.0 and logits.grad is not None
+
+
+def test_valid_network_target_is_center_cropped():
+    target = torch.arange(100).reshape(1, 10, 10)
+    assert align_target(target, 6, 4).tolist() == target[:, 2:8, 3:7].tolist()
