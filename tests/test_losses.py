@@ -46,3 +46,8 @@ def test_all_ignored_gives_zero_with_gradient():
 def test_valid_network_target_is_center_cropped():
     target = torch.arange(100).reshape(1, 10, 10)
     assert align_target(target, 6, 4).tolist() == target[:, 2:8, 3:7].tolist()
+
+
+def test_valid_network_window_starts_at_the_border():
+    target = torch.arange(100).reshape(1, 10, 10)
+    assert align_target(target, 5, 5, border=2).tolist() == target[:, 2:7, 2:7].tolist()

@@ -91,27 +91,54 @@ def _class_weights(text: str | None) -> list[float] | str | None:
 def _add_train_options(p: argparse.ArgumentParser, demo: bool = False) -> None:
     g = p.add_argument_group("data")
     if not demo:
-        g.add_argument("--data", default="digits",
-                       help="dataset folder (images/ + masks/, or train/ and val/ with images/ + "
-                            "masks/ inside) or 'digits', the embedded default (default: digits)")
-        g.add_argument("--val-fraction", type=float, default=0.1,
-                       help="fraction held out for validation when the folder has no val split")
-        g.add_argument("--channels", type=int, choices=(1, 3),
-                       help="image channels fed to the model (default: the data's own)")
+        g.add_argument(
+            "--data",
+            default="digits",
+            help="dataset folder (images/ + masks/, or train/ and val/ with images/ + "
+            "masks/ inside) or 'digits', the embedded default (default: digits)",
+        )
+        g.add_argument(
+            "--val-fraction",
+            type=float,
+            default=0.1,
+            help="fraction held out for validation when the folder has no val split",
+        )
+        g.add_argument(
+            "--channels",
+            type=int,
+            choices=(1, 3),
+            help="image channels fed to the model (default: the data's own)",
+        )
     g = p.add_argument_group("model")
     if not demo:
-        g.add_argument("--model", default="fcn8s",
-                       help="model name; see 'pixelwise models' (default: fcn8s)")
-        g.add_argument("--width", type=float, default=1.0,
-                       help="channel multiplier: 0.25 gives a CPU-trainable variant (default: 1)")
-        g.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
-                       help="extra model option, repeatable (e.g. depth=3, batch_norm=true)")
-        g.add_argument("--init-from", metavar="RUN",
-                       help="copy every matching weight from a trained run (staged training: "
-                            "fcn32s -> fcn16s -> fcn8s)")
-        g.add_argument("--encoder-weights", metavar="FILE|imagenet",
-                       help="VGG16 encoder weights: a local torchvision-format state dict or "
-                            "'imagenet' (downloads; needs internet)")
+        g.add_argument(
+            "--model", default="fcn8s", help="model name; see 'pixelwise models' (default: fcn8s)"
+        )
+        g.add_argument(
+            "--width",
+            type=float,
+            default=1.0,
+            help="channel multiplier: 0.25 gives a CPU-trainable variant (default: 1)",
+        )
+        g.add_argument(
+            "--model-arg",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="extra model option, repeatable (e.g. depth=3, batch_norm=true)",
+        )
+        g.add_argument(
+            "--init-from",
+            metavar="RUN",
+            help="copy every matching weight from a trained run (staged training: "
+            "fcn32s -> fcn16s -> fcn8s)",
+        )
+        g.add_argument(
+            "--encoder-weights",
+            metavar="FILE|imagenet",
+            help="VGG16 encoder weights: a local torchvision-format state dict or "
+            "'imagenet' (downloads; needs internet)",
+        )
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, help="passes over the training set")
     g.add_argument("--batch-size", type=int, help="images per step")
@@ -122,11 +149,19 @@ def _add_train_options(p: argparse.ArgumentParser, demo: bool = False) -> None:
         g.add_argument("--weight-decay", type=float, help="default 5e-4")
         g.add_argument("--schedule", choices=("poly", "cosine", "constant"), help="default: poly")
         g.add_argument("--crop-size", type=int, help="training crop side in pixels (default 256)")
-        g.add_argument("--scale", type=float, nargs=2, metavar=("MIN", "MAX"),
-                       help="random scale range (default 0.75 1.25)")
+        g.add_argument(
+            "--scale",
+            type=float,
+            nargs=2,
+            metavar=("MIN", "MAX"),
+            help="random scale range (default 0.75 1.25)",
+        )
         g.add_argument("--no-hflip", action="store_true", help="no horizontal flips")
-        g.add_argument("--class-weights", metavar="none|W0,W1,...",
-                       help="per-class loss weights (default none)")
+        g.add_argument(
+            "--class-weights",
+            metavar="none|W0,W1,...",
+            help="per-class loss weights (default none)",
+        )
     g = p.add_argument_group("run")
     g.add_argument("--out", metavar="RUN", help="run directory to create")
     g.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
@@ -135,17 +170,38 @@ def _add_train_options(p: argparse.ArgumentParser, demo: bool = False) -> None:
     g.add_argument("--workers", type=int, help="data loader worker processes (default 0)")
     g.add_argument("--threads", type=int, help="CPU threads for torch (default: all cores)")
     if not demo:
-        g.add_argument("--deterministic", action="store_true",
-                       help="use deterministic algorithms (reproducible, maybe slower)")
+        g.add_argument(
+            "--deterministic",
+            action="store_true",
+            help="use deterministic algorithms (reproducible, maybe slower)",
+        )
 
 
 def _train_config(args: argparse.Namespace, base: dict[str, Any]):
     from pixelwise.train import TrainConfig
 
     d = dict(base)
-    simple = ("data", "val_fraction", "channels", "model", "width", "init_from", "encoder_weights",
-              "epochs", "batch_size", "lr", "optimizer", "momentum", "weight_decay", "schedule",
-              "crop_size", "out", "seed", "device", "workers")
+    simple = (
+        "data",
+        "val_fraction",
+        "channels",
+        "model",
+        "width",
+        "init_from",
+        "encoder_weights",
+        "epochs",
+        "batch_size",
+        "lr",
+        "optimizer",
+        "momentum",
+        "weight_decay",
+        "schedule",
+        "crop_size",
+        "out",
+        "seed",
+        "device",
+        "workers",
+    )
     for name in simple:
         value = getattr(args, name, None)
         if value is not None:
@@ -169,8 +225,10 @@ def _train_config(args: argparse.Namespace, base: dict[str, Any]):
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
-    print(f"run: {summary['run']}  ({summary['epochs']} epochs, {summary['seconds']} s, "
-          f"{summary['device']})")
+    print(
+        f"run: {summary['run']}  ({summary['epochs']} epochs, {summary['seconds']} s, "
+        f"{summary['device']})"
+    )
     print(f"best val mean IoU {summary['best_mean_iou']:.4f} at epoch {summary['best_epoch']}")
 
 
@@ -178,7 +236,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from pixelwise.train import train
 
     config = _train_config(args, {})
-    summary = train(config, progress=_progress_factory(args.quiet), log=None if args.quiet else _log)
+    summary = train(
+        config, progress=_progress_factory(args.quiet), log=None if args.quiet else _log
+    )
     _print_summary(summary)
     print(f"next: pixelwise evaluate {summary['run']} --data {config.data}")
     return 0
@@ -191,16 +251,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
     base = {**DEMO, "out": "runs/demo"}
     config = _train_config(args, base)
     t0 = time.perf_counter()
-    _log(f"pixelwise demo: training {config.model} on the embedded digits scenes "
-         f"(11 classes: background + digits 0-9) for {config.epochs} epochs on "
-         f"{config.device if config.device != 'auto' else 'the default device'}")
-    summary = train(config, progress=_progress_factory(args.quiet), log=None if args.quiet else _log)
-    report = evaluate_run(summary["run"], "digits", "val",
-                          progress=_iter_progress(args.quiet, "evaluate", "img"))
+    _log(
+        f"pixelwise demo: training {config.model} on the embedded digits scenes "
+        f"(11 classes: background + digits 0-9) for {config.epochs} epochs on "
+        f"{config.device if config.device != 'auto' else 'the default device'}"
+    )
+    summary = train(
+        config, progress=_progress_factory(args.quiet), log=None if args.quiet else _log
+    )
+    report = evaluate_run(
+        summary["run"], "digits", "val", progress=_iter_progress(args.quiet, "evaluate", "img")
+    )
     print(report["table"])
     print()
-    print(f"val mean IoU {report['mean_iou']:.4f}, pixel accuracy {report['pixel_accuracy']:.4f} "
-          f"({time.perf_counter() - t0:.0f} s in all)")
+    print(
+        f"val mean IoU {report['mean_iou']:.4f}, pixel accuracy {report['pixel_accuracy']:.4f} "
+        f"({time.perf_counter() - t0:.0f} s in all)"
+    )
     run = summary["run"]
     print(f"run directory: {run} (curves.png, overlays/, confusion_val.png, eval_val.json)")
     print(f"next: pixelwise predict {run} IMAGE --out predictions")
@@ -210,8 +277,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from pixelwise.evaluate import evaluate_run
 
-    report = evaluate_run(args.run, args.data, args.split, args.checkpoint, args.device or "auto",
-                          out_dir=args.out, progress=_iter_progress(args.quiet, "evaluate", "img"))
+    report = evaluate_run(
+        args.run,
+        args.data,
+        args.split,
+        args.checkpoint,
+        args.device or "auto",
+        out_dir=args.out,
+        progress=_iter_progress(args.quiet, "evaluate", "img"),
+    )
     print(report["table"])
     out = Path(args.out) if args.out else Path(args.run)
     print(f"\nwrote {out / f'eval_{args.split}.json'} and {out / f'confusion_{args.split}.png'}")
@@ -230,8 +304,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if not f.is_file():
             raise ConfigError(f"{f}: no such image file")
     seg = Segmenter.from_run(args.run, args.checkpoint, args.device or "auto")
-    written = predict_files(seg, files, args.out, args.alpha,
-                            progress=_iter_progress(args.quiet or len(files) < 2, "predict", "img"))
+    written = predict_files(
+        seg,
+        files,
+        args.out,
+        args.alpha,
+        progress=_iter_progress(args.quiet or len(files) < 2, "predict", "img"),
+    )
     print(f"wrote {len(written)} mask(s) and overlay(s) to {args.out}")
     return 0
 
@@ -255,22 +334,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars or messages")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    d = sub.add_parser("demo", help="train and evaluate on the embedded digits scenes (CPU, ~2 min)",
-                       description="Train a small U-Net on the embedded digits scenes (no "
-                                   "download), then evaluate it on unseen digits.")
+    d = sub.add_parser(
+        "demo",
+        help="train and evaluate on the embedded digits scenes (CPU, ~2 min)",
+        description="Train a small U-Net on the embedded digits scenes (no "
+        "download), then evaluate it on unseen digits.",
+    )
     _add_train_options(d, demo=True)
     d.set_defaults(func=cmd_demo)
 
-    t = sub.add_parser("train", help="train a model; writes a run directory",
-                       description="Train a segmentation model. The run directory gets "
-                                   "config.json, best/last checkpoints (safetensors), "
-                                   "metrics.csv, curves.png and validation overlays.")
+    t = sub.add_parser(
+        "train",
+        help="train a model; writes a run directory",
+        description="Train a segmentation model. The run directory gets "
+        "config.json, best/last checkpoints (safetensors), "
+        "metrics.csv, curves.png and validation overlays.",
+    )
     _add_train_options(t)
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("evaluate", help="score a run on a dataset split",
-                       description="Pixel accuracy, mean accuracy, per-class and mean IoU, "
-                                   "frequency-weighted IoU and Dice from one confusion matrix.")
+    e = sub.add_parser(
+        "evaluate",
+        help="score a run on a dataset split",
+        description="Pixel accuracy, mean accuracy, per-class and mean IoU, "
+        "frequency-weighted IoU and Dice from one confusion matrix.",
+    )
     e.add_argument("run", metavar="RUN", help="run directory written by 'pixelwise train'")
     e.add_argument("--data", default="digits", help="dataset folder or 'digits'")
     e.add_argument("--split", default="val", help="split to score (default val)")
@@ -279,8 +367,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", help="folder for eval JSON and confusion PNG (default: RUN)")
     e.set_defaults(func=cmd_evaluate)
 
-    r = sub.add_parser("predict", help="label images of any size",
-                       description="Write a palette mask PNG and an overlay PNG per image.")
+    r = sub.add_parser(
+        "predict",
+        help="label images of any size",
+        description="Write a palette mask PNG and an overlay PNG per image.",
+    )
     r.add_argument("run", metavar="RUN", help="run directory written by 'pixelwise train'")
     r.add_argument("inputs", nargs="+", metavar="IMAGE|DIR", help="image files or folders")
     r.add_argument("--out", required=True, help="output folder")
@@ -320,8 +411,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as err:  # an unexpected failure: one line, traceback with --debug
         if args.debug:
             raise
-        print(f"pixelwise: internal error: {type(err).__name__}: {err} "
-              "(run again with --debug for the traceback and report it)", file=sys.stderr)
+        print(
+            f"pixelwise: internal error: {type(err).__name__}: {err} "
+            "(run again with --debug for the traceback and report it)",
+            file=sys.stderr,
+        )
         return 1
 
 

@@ -113,8 +113,15 @@ def plot_confusion(cm: np.ndarray, class_names: Sequence[str], path: str | Path)
             for j in range(n):
                 if cm[i, j] > 0:
                     colour = "white" if norm[i, j] > 0.5 else "black"
-                    ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                            color=colour)
+                    ax.text(
+                        j,
+                        i,
+                        f"{norm[i, j]:.2f}",
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color=colour,
+                    )
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     return _save(fig, path)
 
@@ -139,15 +146,21 @@ def plot_examples(
             axes[r, c].set_axis_off()
             if r == 0:
                 axes[r, c].set_title(label)
-    present = sorted({int(v) for p in preds for v in np.unique(p)} |
-                     {int(v) for t in truths if t is not None for v in np.unique(t)})
+    present = sorted(
+        {int(v) for p in preds for v in np.unique(p)}
+        | {int(v) for t in truths if t is not None for v in np.unique(t)}
+    )
     handles = [
         Patch(color=np.asarray(classes.colors[i]) / 255, label=classes.names[i])
         for i in present
         if i < classes.num_classes
     ]
-    fig.legend(handles=handles, loc="lower center", ncol=min(6, max(1, len(handles))),
-               bbox_to_anchor=(0.5, -0.02))
+    fig.legend(
+        handles=handles,
+        loc="lower center",
+        ncol=min(6, max(1, len(handles))),
+        bbox_to_anchor=(0.5, -0.02),
+    )
     if title:
         fig.suptitle(title)
     return _save(fig, path)

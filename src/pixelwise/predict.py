@@ -81,9 +81,7 @@ class Segmenter:
         dev = resolve_device(device)
         loaded = run if isinstance(run, LoadedRun) else load_run(run, which, device=dev)
         loaded.model.to(dev).eval()
-        return cls(
-            loaded.model, loaded.classes, loaded.mean, loaded.std, loaded.in_channels, dev
-        )
+        return cls(loaded.model, loaded.classes, loaded.mean, loaded.std, loaded.in_channels, dev)
 
     @torch.inference_mode()
     def logits(self, image: np.ndarray) -> torch.Tensor:
@@ -137,6 +135,8 @@ def predict_files(
             stem += "_"
         stems.add(stem)
         write_mask(out / f"{stem}.png", mask, segmenter.classes)
-        write_image(out / f"{stem}_overlay.png", overlay(image, mask, segmenter.classes, overlay_alpha))
+        write_image(
+            out / f"{stem}_overlay.png", overlay(image, mask, segmenter.classes, overlay_alpha)
+        )
         written.append(out / f"{stem}.png")
     return written

@@ -138,6 +138,17 @@ class TrainConfig:
         return cls(**d)
 
 
+def _open_data(config: TrainConfig, split: str, channels: int | None, classes=None):
+    """Open a split. The train/val split of a flat folder uses a fixed seed (0), not the
+    training seed, so runs with different seeds are scored on the same images; the val split
+    takes the train split's classes."""
+    if str(config.data) == "digits":
+        return open_dataset("digits", split, channels=channels)
+    return open_dataset(
+        config.data, split, channels=channels, val_fraction=config.val_fraction, classes=classes
+    )
+
+
 def _seed_everything(seed: int, deterministic: bool) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -168,7 +179,9 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 def _prepare_out(out: Path, overwrite: bool) -> None:
     if out.exists() and any(out.iterdir()):
         if not (out / "config.json").is_file():
-            raise ConfigError(f"--out {out}: folder exists and is not a pixelwise run; choose another")
+            raise ConfigError(
+                f"--out {out}: folder exists and is not a pixelwise run; choose another"
+            )
         if not overwrite:
             raise ConfigError(
                 f"--out {out}: a run already exists there; choose another --out or pass --overwrite"
@@ -193,15 +206,9 @@ def train(
     device = resolve_device(config.device)
 
     # Data first: a broken dataset stops here, before a run directory exists.
-    train_ds = open_dataset(
-        config.data, "train", channels=config.channels, val_fraction=config.val_fraction,
-        seed=config.seed,
-    )
+    train_ds = _open_data(config, "train", config.channels)
     channels = train_ds.channels
-    val_ds = open_dataset(
-        config.data, "val", channels=channels, val_fraction=config.val_fraction, seed=config.seed,
-        classes=train_ds.classes,
-    )
+    val_ds = _open_data(config, "val", channels, classes=train_ds.classes)
     classes = train_ds.classes
     if len(train_ds) == 0:
         raise ConfigError(f"--data {config.data}: the train split is empty")
@@ -221,7 +228,9 @@ def train(
         source = read_config(config.init_from)
         state = load_weights(checkpoint_path(config.init_from, "best"))
         copied = transfer_weights(model, state)
-        init_note = f"initialised {len(copied)} tensors from {config.init_from} ({source['model']['name']})"
+        init_note = (
+            f"initialised {len(copied)} tensors from {config.init_from} ({source['model']['name']})"
+        )
         say(init_note)
     model.to(device)
 
@@ -240,9 +249,17 @@ def train(
     }
     write_json(out / "config.json", run_config)
 
+    crop_size = config.crop_size
+    border = int(getattr(model, "border", 0))
+    if border:  # valid U-Net: train on overlap tiles whose poolings all see even sizes
+        crop_size = model.valid_input_size(*(2 * [max(1, crop_size - 2 * border)]))[0]
     transform = TrainTransform(
-        config.crop_size, mean, std, scale=(config.scale_min, config.scale_max),
-        hflip=config.hflip, ignore_index=classes.ignore_index,
+        crop_size,
+        mean,
+        std,
+        scale=(config.scale_min, config.scale_max),
+        hflip=config.hflip,
+        ignore_index=classes.ignore_index,
     )
     train_set = TransformedDataset(train_ds, transform, seed=config.seed)
     generator = torch.Generator().manual_seed(config.seed)
@@ -254,7 +271,6 @@ def train(
         num_workers=config.workers,
         generator=generator,
         pin_memory=device.type == "cuda",
-        persistent_workers=config.workers > 0,
     )
     params = [p for p in model.parameters() if p.requires_grad]
     if config.optimizer == "sgd":
@@ -277,7 +293,11 @@ def train(
     for epoch in range(1, config.epochs + 1):
         train_set.set_epoch(epoch)
         model.train()
-        bar = progress(total=len(loader), desc=f"epoch {epoch}/{config.epochs}", unit="batch") if progress else None
+        bar = (
+            progress(total=len(loader), desc=f"epoch {epoch}/{config.epochs}", unit="batch")
+            if progress
+            else None
+        )
         loss_sum = torch.zeros((), device=device)
         window = torch.zeros((), device=device)
         seen = 0
@@ -285,7 +305,9 @@ def train(
             x = x.to(device, non_blocking=True)
             y = y.to(device, non_blocking=True)
             logits = model(x)
-            loss = pixel_cross_entropy(logits, y, class_weights, ignore_index=classes.ignore_index)
+            loss = pixel_cross_entropy(
+                logits, y, class_weights, ignore_index=classes.ignore_index, border=border or None
+            )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -329,14 +351,21 @@ def train(
             "val_mean_accuracy": f"{s['mean_accuracy']:.6f}",
             "val_mean_iou": f"{s['mean_iou']:.6f}",
             "val_fw_iou": f"{s['fw_iou']:.6f}",
-            **{f"val_iou_{c}": ("" if math.isnan(v) else f"{v:.6f}") for c, v in enumerate(s["iou"])},
+            **{
+                f"val_iou_{c}": ("" if math.isnan(v) else f"{v:.6f}")
+                for c, v in enumerate(s["iou"])
+            },
             "time_s": f"{time.perf_counter() - start:.1f}",
         }
         rows.append(row)
         info = {"epoch": epoch, "step": step, "val": s, "train_loss": train_loss}
         save_checkpoint(out, "last", model, info)
-        save_training_state(out, optimizer, scheduler, {"epoch": epoch, "step": step,
-                                                        "best_miou": max(best_miou, s["mean_iou"])})
+        save_training_state(
+            out,
+            optimizer,
+            scheduler,
+            {"epoch": epoch, "step": step, "best_miou": max(best_miou, s["mean_iou"])},
+        )
         miou = s["mean_iou"] if not math.isnan(s["mean_iou"]) else 0.0
         if miou > best_miou:
             best_miou, best_epoch = miou, epoch
@@ -371,6 +400,10 @@ def _pictures(out: Path, rows, classes, examples, epoch: int) -> None:
     if examples:
         images, truths, preds = zip(*examples, strict=True)
         plot_examples(
-            images, truths, preds, classes, out / "overlays" / f"epoch_{epoch:03d}.png",
+            images,
+            truths,
+            preds,
+            classes,
+            out / "overlays" / f"epoch_{epoch:03d}.png",
             title=f"validation, epoch {epoch}",
         )

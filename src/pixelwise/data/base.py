@@ -1,0 +1,120 @@
+"""The dataset interface every data source implements, and the file-pair reader behind them all.
+
+On-disk layouts (the generic folders here; VOC, CamVid, ... later) only *find* (image, mask)
+file pairs; :class:`PairedFileDataset` reads and checks them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch.utils.data
+
+from pixelwise.data.classes import ClassInfo
+from pixelwise.data.io import image_channels, read_image, read_mask
+from pixelwise.errors import ConfigError, DataError
+
+
+class Sample(NamedTuple):
+    """One labelled image: ``image`` uint8 (H, W, C), ``mask`` uint8 (H, W), ``name`` an id."""
+
+    image: np.ndarray
+    mask: np.ndarray
+    name: str
+
+
+class SegmentationDataset(torch.utils.data.Dataset):
+    """Abstract base: a sequence of :class:`Sample`.
+
+    Attributes: ``classes`` (names, colours, ignore index), ``channels`` (1 or 3: channels of
+    every returned image), ``names`` (one id per sample). Image sizes may differ between samples;
+    within a sample image and mask have the same height and width.
+    """
+
+    classes: ClassInfo
+    channels: int
+    names: list[str]
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def __getitem__(self, i: int) -> Sample:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[Sample]:
+        for i in range(len(self)):
+            yield self[i]
+
+    def _index(self, i: int) -> int:
+        """Normalise a possibly negative index; out of range -> IndexError."""
+        n = len(self)
+        if isinstance(i, bool) or not isinstance(i, int | np.integer):
+            raise TypeError(f"dataset index must be an int, got {type(i).__name__}")
+        j = int(i) + n if i < 0 else int(i)
+        if not 0 <= j < n:
+            raise IndexError(f"index {i} out of range for a dataset of {n} samples")
+        return j
+
+
+class PairedFileDataset(SegmentationDataset):
+    """Samples read from (image file, mask file) pairs.
+
+    ``channels``: 1 or 3, or ``None`` -> 1 if every image file is grayscale (judged from the file
+    headers), else 3. ``label_map`` is passed to :func:`read_mask`. ``cache=True`` keeps decoded
+    samples in memory (per process: each DataLoader worker holds its own copy). ``names``
+    defaults to the image file stems.
+    """
+
+    def __init__(
+        self,
+        pairs: Sequence[tuple[str | Path, str | Path]],
+        classes: ClassInfo,
+        channels: int | None = None,
+        label_map: Mapping[int, int] | None = None,
+        cache: bool = False,
+        names: Sequence[str] | None = None,
+    ) -> None:
+        if channels not in (None, 1, 3):
+            raise ConfigError(f"channels must be 1, 3 or None, got {channels!r}")
+        if not isinstance(classes, ClassInfo):
+            raise ConfigError(f"classes must be a ClassInfo, got {type(classes).__name__}")
+        self.pairs = [(Path(a), Path(b)) for a, b in pairs]
+        self.classes = classes
+        self.label_map = dict(label_map) if label_map is not None else None
+        self.names = list(names) if names is not None else [a.stem for a, _ in self.pairs]
+        if len(self.names) != len(self.pairs):
+            raise ConfigError(f"{len(self.names)} names for {len(self.pairs)} file pairs")
+        if channels is None:
+            channels = 1 if all(image_channels(a) == 1 for a, _ in self.pairs) else 3
+            if not self.pairs:
+                channels = 3
+        self.channels = channels
+        self.cache = cache
+        self._cache: dict[int, Sample] = {}
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, i: int) -> Sample:
+        i = self._index(i)
+        if self.cache and i in self._cache:
+            return self._cache[i]
+        image_path, mask_path = self.pairs[i]
+        image = read_image(image_path, self.channels)
+        mask = read_mask(mask_path, self.classes, self.label_map)
+        if image.shape[:2] != mask.shape:
+            (h, w), (mh, mw) = image.shape[:2], mask.shape
+            hint = ""
+            if (h, w) == (mw, mh):
+                hint = "; the sizes are transposed: check EXIF orientation"
+            raise DataError(
+                image_path,
+                f"image is {w}x{h} but its mask {mask_path} is {mw}x{mh} (width x height){hint}",
+            )
+        sample = Sample(image, mask, self.names[i])
+        if self.cache:
+            self._cache[i] = sample
+        return sample

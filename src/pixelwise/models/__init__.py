@@ -1,0 +1,76 @@
+"""Model zoo: a registry of segmentation networks built by name.
+
+>>> from pixelwise.models import available, build
+>>> model = build("fcn8s", num_classes=21, width=0.25)
+
+Every model maps ``(N, in_channels, H, W)`` images to ``(N, num_classes, *output_size(H, W))``
+logits and has ``num_classes``, ``in_channels``, ``border`` (pixels lost on each side: 0 except
+for the valid U-Net) and ``output_size(h, w)``. Every builder takes ``in_channels`` (default 3)
+and ``width`` (channel multiplier, default 1.0).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from pixelwise.errors import ConfigError
+
+Builder = Callable[..., nn.Module]
+_REGISTRY: dict[str, Builder] = {}
+
+
+def register(name: str) -> Callable[[Builder], Builder]:
+    """Decorator: make the builder ``fn(num_classes, **kwargs)`` available as ``build(name)``."""
+
+    def decorate(fn: Builder) -> Builder:
+        if name in _REGISTRY:
+            raise ValueError(f"model '{name}' is already registered")
+        _REGISTRY[name] = fn
+        return fn
+
+    return decorate
+
+
+def available() -> list[str]:
+    """Sorted names of the registered models."""
+    return sorted(_REGISTRY)
+
+
+def build(name: str, num_classes: int, **kwargs: object) -> nn.Module:
+    """Build the model registered as ``name``; bad names or arguments raise ``ConfigError``."""
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown model '{name}'; choose one of: {', '.join(available())}")
+    builder = _REGISTRY[name]
+    accepted = [p for p in inspect.signature(builder).parameters if p != "num_classes"]
+    for key in kwargs:
+        if key not in accepted:
+            raise ConfigError(
+                f"model '{name}' has no argument '{key}'; it accepts: {', '.join(accepted)}"
+            )
+    return builder(num_classes, **kwargs)
+
+
+def transfer_weights(target: nn.Module, source_state: dict[str, torch.Tensor]) -> list[str]:
+    """Staged init: copy every tensor (parameters and buffers) whose name and shape match.
+
+    Used to initialise FCN-16s from a trained FCN-32s and FCN-8s from FCN-16s. Returns the copied
+    names in ``target.state_dict()`` order; everything else in ``target`` is left as it was.
+    """
+    copied = []
+    with torch.no_grad():
+        for name, tensor in target.state_dict().items():
+            source = source_state.get(name)
+            if source is not None and source.shape == tensor.shape:
+                tensor.copy_(source)
+                copied.append(name)
+    return copied
+
+
+# The model modules register their builders on import (they import ``register`` from here).
+from pixelwise.models import fcn, segnet, unet  # noqa: E402, F401
+
+__all__ = ["available", "build", "register", "transfer_weights"]

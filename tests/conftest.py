@@ -1,0 +1,25 @@
+"""Shared fixtures: small real datasets on disk, written once per test session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _few_threads():
+    # xdist runs two workers on two cores: one torch thread each avoids oversubscription.
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def digits_folder(tmp_path_factory) -> Path:
+    """A generic-layout dataset (train/val images + palette masks) written from the digits."""
+    from pixelwise.data.digits import write_digits_folder
+
+    root = tmp_path_factory.mktemp("digits")
+    return write_digits_folder(root, num_train=24, num_val=6, seed=0, min_size=40, max_size=72)

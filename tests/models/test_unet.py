@@ -1,0 +1,121 @@
+import pytest
+import torch
+from torch import nn
+
+from pixelwise.errors import ConfigError
+from pixelwise.models import build
+from pixelwise.models.unet import UNet
+
+TINY = 1 / 32  # channels 2, 4, 8, 16, 32
+
+
+def n_params(name, **kwargs):
+    with torch.device("meta"):
+        net = build(name, **kwargs)
+    return sum(p.numel() for p in net.parameters())
+
+
+def test_paper_tile_572_gives_388():
+    net = build("unet", 2, width=1 / 64).eval()
+    assert net.border == 92 and net.output_size(572, 572) == (388, 388)
+    with torch.no_grad():
+        assert net(torch.randn(1, 3, 572, 572)).shape == (1, 2, 388, 388)
+
+
+def test_parameter_counts():
+    # The paper's net: 1-channel EM images, 2 classes. (The often quoted 31,031,685 is the
+    # zhixuhao Keras U-Net: 1 input channel plus an extra 3x3 conv to 2 channels before a 1x1
+    # sigmoid with 1 output; 31,030,658 - 130 + 1,154 + 3 = 31,031,685.)
+    assert n_params("unet", num_classes=2, in_channels=1) == 31_030_658
+    assert n_params("unet", num_classes=2) == 31_031_810
+    assert n_params("unet_same", num_classes=2) == 31_043_586  # + BatchNorm
+    assert n_params("unet", num_classes=2, depth=3, base_width=32, width=0.5) < 500_000
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3, 4, 5])
+def test_border_and_valid_input_size(depth):
+    net = UNet(2, depth=depth, width=TINY)
+    assert net.border == 6 * 2**depth - 4
+    for out in (1, 5, 100, 388):
+        h, w = net.valid_input_size(out, out + 3)
+        assert net.output_size(h, w)[0] >= out and net.output_size(h, w)[1] >= out + 3
+        for n in (h, w):  # every pooling sees an even size; the border is symmetric
+            size = n
+            for _ in range(depth):
+                size -= 4
+                assert size % 2 == 0
+                size //= 2
+            assert net.output_size(n, n) == (n - 2 * net.border,) * 2
+            # the next smaller size of that form does not cover the request
+            smaller = n - 2**depth
+            assert smaller < 1 or net._extent(smaller) < (out if n == h else out + 3)
+
+
+def test_odd_sizes_match_output_size():
+    net = build("unet", 3, width=TINY).eval()
+    with torch.no_grad():
+        for h, w in [(188, 188), (189, 190), (221, 237), (255, 197)]:
+            assert net(torch.randn(1, 3, h, w)).shape == (1, 3, *net.output_size(h, w))
+    assert net.output_size(221, 237) == (36, 52)
+
+
+def test_skips_stay_aligned_for_any_input_size():
+    # Output pixel (i, j) of a valid U-Net only sees input pixels below and right of (i, j)
+    # within a fixed window, and floor pooling drops rows at the bottom. So cutting rows off the
+    # bottom of the input must leave the top rows of the output unchanged; this holds only if
+    # each skip is cropped at its fixed offset (a centre crop would shift when rows are dropped).
+    torch.manual_seed(0)
+    net = build("unet", 2, depth=3, width=1 / 16).double().eval()
+    x = torch.randn(1, 3, 131, 121, dtype=torch.float64)
+    with torch.no_grad():
+        full = net(x)
+        for cut in (1, 2, 3, 7, 10, 17):
+            part = net(x[:, :, : 131 - cut, : 121 - cut])
+            h, w = part.shape[-2:]
+            torch.testing.assert_close(part, full[..., :h, :w])
+
+
+def test_too_small_input_is_a_config_error():
+    net = build("unet", 2, width=TINY)
+    with pytest.raises(ConfigError, match="smallest is 188x188"):
+        net.output_size(187, 400)
+    with pytest.raises(ConfigError):
+        net(torch.randn(1, 3, 100, 100))
+    same = build("unet_same", 2, width=TINY)
+    with pytest.raises(ConfigError, match="smallest is 16x16"):
+        same.output_size(15, 40)
+
+
+def test_unet_same_returns_input_size():
+    net = build("unet_same", 4, width=TINY, in_channels=1).eval()
+    assert net.border == 0 and net.valid_input_size(33, 45) == (48, 48)
+    with torch.no_grad():
+        for h, w in [(97, 131), (33, 45), (16, 16), (17, 31), (63, 64)]:
+            assert net(torch.randn(2, 1, h, w)).shape == (2, 4, h, w)
+            assert net.output_size(h, w) == (h, w)
+
+
+def test_structure_options_and_init():
+    net = build("unet", 2, width=1.0, base_width=8, depth=3, dropout=0.5)
+    assert [(m.in_channels, m.out_channels) for m in net.up] == [(64, 32), (32, 16), (16, 8)]
+    assert [m.kernel_size for m in net.up] == [(2, 2)] * 3
+    assert all(m.padding == (0, 0) for m in net.modules() if isinstance(m, nn.Conv2d))
+    assert isinstance(net.dropout, nn.Dropout) and net.dropout.p == 0.5
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in net.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in build("unet", 2, batch_norm=True).modules())
+    same = build("unet_same", 2, base_width=8, batch_norm=False)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in same.modules())
+    # He init with the paper's N = incoming connections: std sqrt(2 / (9 * in_channels))
+    torch.manual_seed(0)
+    wide = build("unet", 2, base_width=64, depth=2)
+    conv = wide.encoder[1][2]  # 128 -> 128
+    assert conv.weight.std().item() == pytest.approx((2 / (9 * 128)) ** 0.5, rel=0.05)
+
+
+def test_unet_trains_a_step():
+    torch.manual_seed(0)
+    net = build("unet_same", 2, width=TINY, depth=2, dropout=0.2)
+    x, y = torch.randn(2, 3, 20, 18), torch.randint(0, 2, (2, 20, 18))
+    loss = nn.functional.cross_entropy(net(x), y)
+    loss.backward()
+    assert all(p.grad is not None for p in net.parameters())

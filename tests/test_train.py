@@ -1,0 +1,152 @@
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pixelwise.errors import ConfigError
+from pixelwise.predict import Segmenter, forward_full
+from pixelwise.runs import load_run
+from pixelwise.train import TrainConfig, TrainingDiverged, train
+
+TINY = {
+    "model": "unet_same",
+    "model_args": {"depth": 2, "base_width": 8},
+    "batch_size": 4,
+    "crop_size": 40,
+    "optimizer": "adamw",
+    "lr": 1e-2,
+    "weight_decay": 0.0,
+    "schedule": "constant",
+    "hflip": False,
+    "overlays": 2,
+    "device": "cpu",
+}
+
+
+@pytest.fixture(scope="module")
+def trained(digits_folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    cfg = TrainConfig(data=str(digits_folder), out=str(out), epochs=4, **TINY)
+    return out, train(cfg)
+
+
+def test_training_drives_loss_down_and_miou_up(trained):
+    out, summary = trained
+    with open(out / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4
+    losses = [float(r["train_loss"]) for r in rows]
+    mious = [float(r["val_mean_iou"]) for r in rows]
+    assert losses[-1] < 0.7 * losses[0]
+    assert max(mious[1:]) > mious[0]
+    assert summary["best_mean_iou"] == pytest.approx(max(mious), abs=1e-6)
+
+
+def test_run_directory_contents(trained):
+    out, _ = trained
+    for name in (
+        "config.json",
+        "best.safetensors",
+        "best.json",
+        "last.safetensors",
+        "last.json",
+        "last.state.safetensors",
+        "metrics.csv",
+        "curves.png",
+        "summary.json",
+    ):
+        assert (out / name).is_file(), name
+    assert sorted(p.name for p in (out / "overlays").iterdir())[0] == "epoch_001.png"
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"]["name"] == "unet_same"
+    assert config["model"]["num_classes"] == 11
+    assert len(config["classes"]["names"]) == 11
+    assert not list(out.glob("*.tmp*")), "temporary files left behind"
+
+
+def test_saved_run_reloads_and_predicts_identically(trained, digits_folder):
+    out, _ = trained
+    run = load_run(out, "last")
+    # rebuild from scratch and compare with the raw weights in the file
+    state = load_file(str(out / "last.safetensors"))
+    for k, v in run.model.state_dict().items():
+        assert torch.equal(v, state[k]), k
+    seg = Segmenter.from_run(out, "last", device="cpu")
+    image = seg.read(sorted((digits_folder / "val" / "images").iterdir())[0])
+    a = seg.logits(image)
+    b = seg.logits(image)
+    assert torch.equal(a, b)
+    assert a.shape[-2:] == image.shape[:2]
+    mask = seg.predict(image)
+    assert mask.dtype == np.uint8 and mask.shape == image.shape[:2]
+
+
+def test_training_is_reproducible(digits_folder, tmp_path):
+    cfgs = [
+        TrainConfig(data=str(digits_folder), out=str(tmp_path / f"r{i}"), epochs=1, **TINY)
+        for i in range(2)
+    ]
+    for c in cfgs:
+        train(c)
+    a = load_file(str(tmp_path / "r0" / "last.safetensors"))
+    b = load_file(str(tmp_path / "r1" / "last.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_existing_run_is_not_overwritten(trained, digits_folder):
+    out, _ = trained
+    with pytest.raises(ConfigError, match="already exists"):
+        train(TrainConfig(data=str(digits_folder), out=str(out), epochs=1, **TINY))
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("lr", -1.0, "--lr"),
+        ("epochs", 0, "--epochs"),
+        ("width", float("nan"), "--width"),
+        ("optimizer", "adam", "--optimizer"),
+        ("batch_size", 0, "--batch-size"),
+    ],
+)
+def test_nonsense_options_are_refused(tmp_path, option, value, message):
+    cfg = TrainConfig(out=str(tmp_path / "r"), **{option: value})
+    with pytest.raises(ConfigError, match=message):
+        train(cfg)
+    assert not (tmp_path / "r").exists()
+
+
+def test_unknown_model_is_refused_before_writing(digits_folder, tmp_path):
+    with pytest.raises(ConfigError, match="unknown model 'fcn9s'"):
+        train(TrainConfig(data=str(digits_folder), model="fcn9s", out=str(tmp_path / "r")))
+    assert not (tmp_path / "r").exists()
+
+
+def test_divergence_stops_with_advice(digits_folder, tmp_path):
+    cfg = TrainConfig(
+        data=str(digits_folder),
+        out=str(tmp_path / "r"),
+        epochs=1,
+        **{**TINY, "lr": 1e30, "optimizer": "sgd", "log_every": 1},
+    )
+    with pytest.raises(TrainingDiverged, match="lower --lr"):
+        train(cfg)
+
+
+def test_valid_unet_predicts_full_size(digits_folder, tmp_path):
+    cfg = TrainConfig(
+        data=str(digits_folder),
+        out=str(tmp_path / "v"),
+        epochs=1,
+        **{**TINY, "model": "unet", "model_args": {"depth": 2, "base_width": 4}, "crop_size": 64},
+    )
+    train(cfg)
+    seg = Segmenter.from_run(tmp_path / "v", "last", device="cpu")
+    assert seg.model.border > 0
+    image = np.random.default_rng(0).integers(0, 255, (37, 53, 3), dtype=np.uint8)
+    assert seg.predict(image).shape == (37, 53)
+    x = torch.randn(1, 3, 37, 53)
+    assert forward_full(seg.model, x).shape == (1, 11, 37, 53)
