@@ -150,3 +150,32 @@ def test_valid_unet_predicts_full_size(digits_folder, tmp_path):
     assert seg.predict(image).shape == (37, 53)
     x = torch.randn(1, 3, 37, 53)
     assert forward_full(seg.model, x).shape == (1, 11, 37, 53)
+
+
+def test_staged_training_copies_the_coarser_net(digits_folder, tmp_path):
+    from pixelwise.models import build
+
+    common = {**TINY, "model_args": {}, "width": 0.0625, "crop_size": 32, "overlays": 0}
+    train(
+        TrainConfig(
+            data=str(digits_folder),
+            out=str(tmp_path / "s32"),
+            epochs=1,
+            **{**common, "model": "fcn32s"},
+        )
+    )
+    summary = train(
+        TrainConfig(
+            data=str(digits_folder),
+            out=str(tmp_path / "s16"),
+            epochs=1,
+            init_from=str(tmp_path / "s32"),
+            **{**common, "model": "fcn16s"},
+        )
+    )
+    source = load_file(str(tmp_path / "s32" / "best.safetensors"))
+    shared = set(build("fcn16s", 11, width=0.0625).state_dict()) & set(source)
+    # every tensor fcn16s shares with fcn32s (encoder, fc6, fc7, score_fr) is copied; the
+    # 32x upsampling has no counterpart in fcn16s
+    assert summary["init"].startswith(f"initialised {len(shared)} tensors")
+    assert "upscore.weight" not in shared and "score_fr.weight" in shared

@@ -60,6 +60,7 @@ class TrainConfig:
     """Every option of a training run (the resolved copy is saved as ``RUN/config.json``)."""
 
     data: str = "digits"
+    data_args: dict[str, Any] = field(default_factory=dict)  # e.g. {"num_images": 2000} for digits
     model: str = "fcn8s"
     out: str = "runs/latest"
     epochs: int = 10
@@ -142,10 +143,18 @@ def _open_data(config: TrainConfig, split: str, channels: int | None, classes=No
     """Open a split. The train/val split of a flat folder uses a fixed seed (0), not the
     training seed, so runs with different seeds are scored on the same images; the val split
     takes the train split's classes."""
+    args = dict(config.data_args)
     if str(config.data) == "digits":
-        return open_dataset("digits", split, channels=channels)
+        if split != "train":  # the validation scenes stay the defaults whatever the training set
+            args = {}
+        return open_dataset("digits", split, channels=channels, **args)
     return open_dataset(
-        config.data, split, channels=channels, val_fraction=config.val_fraction, classes=classes
+        config.data,
+        split,
+        channels=channels,
+        val_fraction=config.val_fraction,
+        classes=classes,
+        **args,
     )
 
 
