@@ -179,3 +179,18 @@ def test_staged_training_copies_the_coarser_net(digits_folder, tmp_path):
     # 32x upsampling has no counterpart in fcn16s
     assert summary["init"].startswith(f"initialised {len(shared)} tensors")
     assert "upscore.weight" not in shared and "score_fr.weight" in shared
+
+
+def test_auto_class_weights_are_recorded(digits_folder, tmp_path):
+    out = tmp_path / "w"
+    train(
+        TrainConfig(
+            data=str(digits_folder),
+            out=str(out),
+            epochs=1,
+            class_weights="auto",
+            **{**TINY, "overlays": 0},
+        )
+    )
+    weights = json.loads((out / "config.json").read_text())["class_weights"]
+    assert len(weights) == 11 and weights[0] < 0.5  # background is the frequent class

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 
 from pixelwise import __version__
 from pixelwise.data import open_dataset
+from pixelwise.data.balance import class_pixel_counts, median_frequency_weights
 from pixelwise.data.transforms import TrainTransform, TransformedDataset, default_normalization
 from pixelwise.errors import ConfigError, PixelwiseError
 from pixelwise.evaluate import evaluate_dataset
@@ -76,7 +77,7 @@ class TrainConfig:
     scale_min: float = 0.75
     scale_max: float = 1.25
     hflip: bool = True
-    class_weights: list[float] | None = None
+    class_weights: list[float] | str | None = None  # None, "auto" (median frequency) or a list
     channels: int | None = None
     seed: int = 0
     workers: int = 0
@@ -123,7 +124,9 @@ class TrainConfig:
         need(0 < self.val_fraction < 1, "val_fraction", "must be between 0 and 1")
         need(self.overlays >= 0, "overlays", "must be >= 0")
         need(self.log_every >= 1, "log_every", "must be >= 1")
-        if self.class_weights is not None:
+        if isinstance(self.class_weights, str):
+            need(self.class_weights == "auto", "class_weights", "give 'auto', 'none' or numbers")
+        elif self.class_weights is not None:
             need(
                 all(math.isfinite(w) and w >= 0 for w in self.class_weights),
                 "class_weights",
@@ -221,10 +224,13 @@ def train(
     classes = train_ds.classes
     if len(train_ds) == 0:
         raise ConfigError(f"--data {config.data}: the train split is empty")
-    if config.class_weights is not None and len(config.class_weights) != classes.num_classes:
+    weights = config.class_weights
+    if weights == "auto":
+        weights = median_frequency_weights(*class_pixel_counts(train_ds))
+        say("median-frequency class weights: " + ", ".join(f"{w:.3f}" for w in weights))
+    if weights is not None and len(weights) != classes.num_classes:
         raise ConfigError(
-            f"--class-weights: {len(config.class_weights)} values given for "
-            f"{classes.num_classes} classes"
+            f"--class-weights: {len(weights)} values given for {classes.num_classes} classes"
         )
 
     kwargs = {"in_channels": channels, "width": config.width, **config.model_args}
@@ -255,6 +261,7 @@ def train(
         "normalization": {"mean": list(mean), "std": list(std)},
         "train": asdict(config),
         "data": {"train_images": len(train_ds), "val_images": len(val_ds)},
+        "class_weights": weights,
     }
     write_json(out / "config.json", run_config)
 
@@ -291,9 +298,7 @@ def train(
     total_steps = config.epochs * len(loader)
     scheduler = _scheduler(optimizer, config.schedule, total_steps)
     class_weights = (
-        torch.tensor(config.class_weights, dtype=torch.float32, device=device)
-        if config.class_weights is not None
-        else None
+        torch.tensor(weights, dtype=torch.float32, device=device) if weights is not None else None
     )
 
     rows: list[dict[str, Any]] = []

@@ -154,8 +154,9 @@ class DigitsScenes(SegmentationDataset):
         min_size: int = 64,
         max_size: int = 128,
         digits_per_image: tuple[int, int] = (2, 6),
-        digit_size: tuple[int, int] = (20, 44),
+        digit_size: tuple[int, int] = (22, 34),
         channels: int = 3,
+        cache: bool = True,
     ) -> None:
         if split not in _SPLIT_IDS:
             raise ConfigError(f"digits: split must be 'train' or 'val', got {split!r}")
@@ -187,14 +188,21 @@ class DigitsScenes(SegmentationDataset):
         self.classes = DIGITS_CLASSES
         self.pool = digit_split()[split]
         self.names = [f"digits_{split}_{i:05d}" for i in range(num_images)]
+        # Scenes are deterministic, so a generated one can be kept (about 30 KB each).
+        self._cache: dict[int, Sample] | None = {} if cache else None
 
     def __len__(self) -> int:
         return self.num_images
 
     def __getitem__(self, i: int) -> Sample:
         i = self._index(i)
+        if self._cache is not None and i in self._cache:
+            return self._cache[i]
         image, mask, _ = self.compose(i)
-        return Sample(image, mask, self.names[i])
+        sample = Sample(image, mask, self.names[i])
+        if self._cache is not None:
+            self._cache[i] = sample
+        return sample
 
     def compose(self, i: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
         """Scene ``i``: image uint8 (H, W, channels), mask uint8 (H, W), and the indices (into
