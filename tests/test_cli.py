@@ -132,3 +132,17 @@ def test_evaluate_writes_json_and_png(run_dir, digits_folder, tmp_path, capsys):
         assert key in report
     assert len(report["confusion_matrix"]) == 11
     assert (out / "confusion_val.png").stat().st_size > 1000
+
+
+def test_heatmap_command_end_to_end(tmp_path, capsys):
+    out = tmp_path / "hm"
+    assert main(["-q", "heatmap", "--out", str(out), "--epochs", "1", "--no-full"]) == 0
+    assert (out / "heatmap.png").stat().st_size > 10_000
+    assert (out / "classifier.safetensors").is_file()
+    code = main(["heatmap", "--out", str(out), "--image", str(tmp_path / "nope.png")])
+    one_line_error(capsys, code, "nope.png")
+
+
+def test_outputs_have_ordinary_permissions(run_dir):
+    mode = (run_dir / "best.safetensors").stat().st_mode & 0o777
+    assert mode & 0o044, oct(mode)  # readable by group/others under the usual umask

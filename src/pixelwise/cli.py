@@ -316,6 +316,25 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_heatmap(args: argparse.Namespace) -> int:
+    from pixelwise.heatmap import heatmap_command
+
+    if args.epochs < 1:
+        raise ConfigError(f"--epochs: must be at least 1, got {args.epochs}")
+    written = heatmap_command(
+        args.run,
+        args.image,
+        args.out,
+        epochs=args.epochs,
+        seed=args.seed,
+        progress=_progress_factory(args.quiet),
+        full_resolution=not args.no_full,
+    )
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from pixelwise.models import available
 
@@ -337,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser(
         "demo",
-        help="train and evaluate on the embedded digits scenes (CPU, ~2 min)",
+        help="train and evaluate on the embedded digits scenes (CPU, a few minutes)",
         description="Train a small U-Net on the embedded digits scenes (no "
         "download), then evaluate it on unseen digits.",
     )
@@ -380,6 +399,22 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--alpha", type=float, default=0.5, help="overlay opacity (default 0.5)")
     r.add_argument("--device", help="auto, cpu or cuda")
     r.set_defaults(func=cmd_predict)
+
+    h = sub.add_parser(
+        "heatmap",
+        help="classifier -> dense prediction: per-class heatmaps of a convolutionalized net",
+        description="Convolutionalize a patch classifier (its fully connected layers become "
+        "convolutions, same weights) and run it on a whole image: one class-score map per "
+        "class, plus the full-resolution a-trous maps. Without --run a digits patch classifier "
+        "is trained first (about half a minute on a CPU) and kept in --out.",
+    )
+    h.add_argument("--run", help="folder with classifier.safetensors (default: train one)")
+    h.add_argument("--image", help="image file (default: a digits validation scene)")
+    h.add_argument("--out", required=True, help="output folder")
+    h.add_argument("--epochs", type=int, default=6, help="epochs when training the classifier")
+    h.add_argument("--seed", type=int, default=0)
+    h.add_argument("--no-full", action="store_true", help="skip the full-resolution a-trous maps")
+    h.set_defaults(func=cmd_heatmap)
 
     m = sub.add_parser("models", help="list the available models")
     m.set_defaults(func=cmd_models)
