@@ -139,7 +139,7 @@ def test_heatmap_command_end_to_end(tmp_path, capsys):
     assert main(["-q", "heatmap", "--out", str(out), "--epochs", "1", "--no-full"]) == 0
     assert (out / "heatmap.png").stat().st_size > 10_000
     assert (out / "classifier.safetensors").is_file()
-    code = main(["heatmap", "--out", str(out), "--image", str(tmp_path / "nope.png")])
+    code = main(["heatmap", str(out), str(tmp_path / "nope.png"), "--out", str(out)])
     one_line_error(capsys, code, "nope.png")
 
 

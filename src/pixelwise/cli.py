@@ -173,6 +173,11 @@ def _add_train_options(p: argparse.ArgumentParser, demo: bool = False) -> None:
     g.add_argument("--device", help="auto, cpu or cuda (default auto)")
     g.add_argument("--workers", type=int, help="data loader worker processes (default 0)")
     g.add_argument("--threads", type=int, help="CPU threads for torch (default: all cores)")
+    g.add_argument(
+        "--no-channels-last",
+        action="store_true",
+        help="train with NCHW tensors instead of channels-last (channels-last is faster on CPUs)",
+    )
     if not demo:
         g.add_argument(
             "--deterministic",
@@ -222,6 +227,8 @@ def _train_config(args: argparse.Namespace, base: dict[str, Any]):
         d["overwrite"] = True
     if getattr(args, "deterministic", False):
         d["deterministic"] = True
+    if getattr(args, "no_channels_last", False):
+        d["channels_last"] = False
     return TrainConfig.from_dict(d)
 
 
@@ -252,7 +259,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     base = {**DEMO, "out": "runs/demo"}
     config = _train_config(args, base)
     t0 = time.perf_counter()
-    _log(
+    say = (lambda _m: None) if args.quiet else _log
+    say(
         f"pixelwise demo: training {config.model} on the embedded digits scenes "
         f"(11 classes: background + digits 0-9) for {config.epochs} epochs on "
         f"{config.device if config.device != 'auto' else 'the default device'}"
@@ -321,9 +329,19 @@ def cmd_heatmap(args: argparse.Namespace) -> int:
 
     if args.epochs < 1:
         raise ConfigError(f"--epochs: must be at least 1, got {args.epochs}")
+    run, image = args.run, args.image
+    for target in args.targets:  # positionals: a folder is the RUN, anything else the IMAGE
+        if Path(target).is_dir():
+            if run is not None:
+                raise ConfigError(f"{target}: a second RUN folder; give one RUN and one IMAGE")
+            run = target
+        else:
+            if image is not None:
+                raise ConfigError(f"{target}: a second IMAGE; give one RUN and one IMAGE")
+            image = target
     written = heatmap_command(
-        args.run,
-        args.image,
+        run,
+        image,
         args.out,
         epochs=args.epochs,
         seed=args.seed,
@@ -408,8 +426,15 @@ def build_parser() -> argparse.ArgumentParser:
         "class, plus the full-resolution a-trous maps. Without --run a digits patch classifier "
         "is trained first (about half a minute on a CPU) and kept in --out.",
     )
-    h.add_argument("--run", help="folder with classifier.safetensors (default: train one)")
-    h.add_argument("--image", help="image file (default: a digits validation scene)")
+    h.add_argument(
+        "targets",
+        nargs="*",
+        metavar="RUN|IMAGE",
+        help="a folder with classifier.safetensors (default: train one into --out) and/or an "
+        "image file (default: a digits validation scene)",
+    )
+    h.add_argument("--run", help="same as a RUN positional")
+    h.add_argument("--image", help="same as an IMAGE positional")
     h.add_argument("--out", required=True, help="output folder")
     h.add_argument("--epochs", type=int, default=6, help="epochs when training the classifier")
     h.add_argument("--seed", type=int, default=0)
