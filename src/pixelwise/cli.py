@@ -135,7 +135,8 @@ def _add_train_options(p: argparse.ArgumentParser, demo: bool = False) -> None:
             "--init-from",
             metavar="RUN",
             help="copy every matching weight from a trained run (staged training: "
-            "fcn32s -> fcn16s -> fcn8s)",
+            "fcn32s -> fcn16s -> fcn8s) or from a patch classifier folder written by "
+            "'pixelwise heatmap' (with --model convolutionalized)",
         )
         g.add_argument(
             "--encoder-weights",

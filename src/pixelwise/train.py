@@ -28,8 +28,10 @@ from pixelwise.data.transforms import TrainTransform, TransformedDataset, defaul
 from pixelwise.errors import ConfigError, PixelwiseError
 from pixelwise.evaluate import evaluate_dataset
 from pixelwise.files import atomic_open, write_json
+from pixelwise.heatmap import CLASSIFIER_FILE, has_patch_classifier
 from pixelwise.losses import pixel_cross_entropy
 from pixelwise.models import build, transfer_weights
+from pixelwise.models.convolutionalized import classifier_state
 from pixelwise.predict import resolve_device
 from pixelwise.runs import (
     RUN_FORMAT,
@@ -240,7 +242,14 @@ def train(
     model = build(config.model, classes.num_classes, **kwargs)
     kwargs.pop("encoder_weights", None)  # weights are in the checkpoint from now on
     init_note = None
-    if config.init_from:
+    if config.init_from and has_patch_classifier(config.init_from):
+        # A heatmap patch classifier (classifier.safetensors): rename/reshape its Linear layers
+        # onto the convolutionalized model's 1x1 / kxk convs (see models/convolutionalized.py).
+        state = load_weights(Path(config.init_from) / CLASSIFIER_FILE)
+        copied = transfer_weights(model, classifier_state(state, model))
+        init_note = f"initialised {len(copied)} tensors from {config.init_from} (patch classifier)"
+        say(init_note)
+    elif config.init_from:
         source = read_config(config.init_from)
         state = load_weights(checkpoint_path(config.init_from, "best"))
         copied = transfer_weights(model, state)

@@ -5,7 +5,17 @@ from torch import nn
 from pixelwise.errors import ConfigError
 from pixelwise.models import available, build, register, transfer_weights
 
-NAMES = ["deconvnet", "fcn16s", "fcn32s", "fcn8s", "segnet", "segnet_basic", "unet", "unet_same"]
+NAMES = [
+    "convolutionalized",
+    "deconvnet",
+    "fcn16s",
+    "fcn32s",
+    "fcn8s",
+    "segnet",
+    "segnet_basic",
+    "unet",
+    "unet_same",
+]
 
 
 def test_available_is_sorted_and_complete():
@@ -64,7 +74,10 @@ def test_width_scales_every_hidden_layer(name):
     small = [p.shape for p in quarter.parameters()]
     assert len(shapes) == len(small)  # same topology
     ratio = sum(p.numel() for p in quarter.parameters()) / sum(p.numel() for p in full.parameters())
-    assert 0.05 < ratio < 0.08  # about width**2
+    # about width**2; the tiny LeNet of "convolutionalized" has a larger share of layers whose
+    # size depends on the number of classes only (its x4 upsampling), so its ratio is higher
+    high = 0.1 if name == "convolutionalized" else 0.08
+    assert 0.05 < ratio < high
 
 
 def test_register_rejects_duplicates():

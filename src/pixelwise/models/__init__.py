@@ -71,6 +71,6 @@ def transfer_weights(target: nn.Module, source_state: dict[str, torch.Tensor]) -
 
 
 # The model modules register their builders on import (they import ``register`` from here).
-from pixelwise.models import fcn, segnet, unet  # noqa: E402, F401
+from pixelwise.models import convolutionalized, fcn, segnet, unet  # noqa: E402, F401
 
 __all__ = ["available", "build", "register", "transfer_weights"]
