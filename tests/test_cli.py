@@ -146,3 +146,23 @@ def test_heatmap_command_end_to_end(tmp_path, capsys):
 def test_outputs_have_ordinary_permissions(run_dir):
     mode = (run_dir / "best.safetensors").stat().st_mode & 0o777
     assert mode & 0o044, oct(mode)  # readable by group/others under the usual umask
+
+
+@pytest.mark.parametrize(
+    ("name", "damage"),
+    [
+        ("best.safetensors", lambda p: p.write_bytes(p.read_bytes()[:100])),
+        ("best.json", lambda p: p.write_text("{truncated")),
+    ],
+)
+def test_corrupt_checkpoint_files_are_one_line_errors(run_dir, tmp_path, capsys, name, damage):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    damage(run / name)
+    image = tmp_path / "x.png"
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(image)
+    code = main(["predict", str(run), str(image), "--out", str(tmp_path / "o")])
+    one_line_error(capsys, code, name)
+    assert not (tmp_path / "o").exists()

@@ -168,7 +168,10 @@ def load_run(run: str | Path, which: str = "best", device: str | torch.device = 
         )
     model.to(device).eval()
     info_path = path.with_suffix(".json")
-    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    try:
+        info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(f"{info_path}: unreadable checkpoint information ({err})") from None
     norm = config["normalization"]
     return LoadedRun(
         model=model,

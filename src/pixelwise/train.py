@@ -28,10 +28,8 @@ from pixelwise.data.transforms import TrainTransform, TransformedDataset, defaul
 from pixelwise.errors import ConfigError, PixelwiseError
 from pixelwise.evaluate import evaluate_dataset
 from pixelwise.files import atomic_open, write_json
-from pixelwise.heatmap import CLASSIFIER_FILE, has_patch_classifier
 from pixelwise.losses import pixel_cross_entropy
 from pixelwise.models import build, transfer_weights
-from pixelwise.models.convolutionalized import classifier_state
 from pixelwise.predict import resolve_device
 from pixelwise.runs import (
     RUN_FORMAT,
@@ -164,6 +162,23 @@ def _open_data(config: TrainConfig, split: str, channels: int | None, classes=No
     )
 
 
+def _init_from(model: torch.nn.Module, source: str) -> str:
+    """Copy every matching weight from a run directory (staged training) or from a patch
+    classifier folder written by ``pixelwise heatmap`` (its Linear layers reshaped onto the
+    convolutionalized model's convs); return a one-line note."""
+    from pixelwise.heatmap import CLASSIFIER_FILE, has_patch_classifier
+
+    if has_patch_classifier(source):
+        from pixelwise.models.convolutionalized import classifier_state
+
+        state = load_weights(Path(source) / CLASSIFIER_FILE)
+        copied = transfer_weights(model, classifier_state(state, model))
+        return f"initialised {len(copied)} tensors from {source} (patch classifier)"
+    config = read_config(source)
+    copied = transfer_weights(model, load_weights(checkpoint_path(source, "best")))
+    return f"initialised {len(copied)} tensors from {source} ({config['model']['name']})"
+
+
 def _seed_everything(seed: int, deterministic: bool) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -241,21 +256,8 @@ def train(
         kwargs["encoder_weights"] = config.encoder_weights
     model = build(config.model, classes.num_classes, **kwargs)
     kwargs.pop("encoder_weights", None)  # weights are in the checkpoint from now on
-    init_note = None
-    if config.init_from and has_patch_classifier(config.init_from):
-        # A heatmap patch classifier (classifier.safetensors): rename/reshape its Linear layers
-        # onto the convolutionalized model's 1x1 / kxk convs (see models/convolutionalized.py).
-        state = load_weights(Path(config.init_from) / CLASSIFIER_FILE)
-        copied = transfer_weights(model, classifier_state(state, model))
-        init_note = f"initialised {len(copied)} tensors from {config.init_from} (patch classifier)"
-        say(init_note)
-    elif config.init_from:
-        source = read_config(config.init_from)
-        state = load_weights(checkpoint_path(config.init_from, "best"))
-        copied = transfer_weights(model, state)
-        init_note = (
-            f"initialised {len(copied)} tensors from {config.init_from} ({source['model']['name']})"
-        )
+    init_note = _init_from(model, config.init_from) if config.init_from else None
+    if init_note:
         say(init_note)
     model.to(device)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
