@@ -42,6 +42,15 @@ def _time(fn: Callable[[], torch.Tensor], repeats: int, warmup: bool) -> tuple[f
     return statistics.median(times), out
 
 
+def _gmac(model: torch.nn.Module, x: torch.Tensor) -> float:
+    """Multiply-adds of one forward pass, in billions (torch's FLOP counter counts 2 per MAC)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
+    return counter.get_total_flops() / 2e9
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[128, 256, 512], help="image sides")
@@ -111,6 +120,13 @@ def main(argv: list[str] | None = None) -> int:
         ):
             t, out = _time(lambda fn=fn, x_cl=x_cl: fn(x_cl), args.repeats, warmup=True)
             results.append((name, t, out[..., : ref.shape[-2], : ref.shape[-1]], ref))
+        naive_gmac = n_windows * _gmac(classifier, x[..., :WINDOW, :WINDOW])
+        fcn_gmac = _gmac(fcn, x)
+        work = (
+            f"      work at {size}^2: naive {naive_gmac:.2f} GMAC, "
+            f"one FCN pass {fcn_gmac:.3f} GMAC "
+            f"({naive_gmac / fcn_gmac:.0f}x fewer multiply-adds)"
+        )
         for name, t, out, ref in results:
             outputs = out.shape[-2] * out.shape[-1]
             diff = float((out - ref).abs().max())
@@ -130,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{row['naive_over_this']:>9.0f}x {diff:>10.1e}",
                 flush=True,
             )
+        print(work)
     if args.json:
         from pixelwise.files import write_json
 
