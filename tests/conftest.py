@@ -16,6 +16,13 @@ def _few_threads():
     torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory, monkeypatch):
+    # Dataset facts (pixel counts, passing checks) are cached on disk: keep the tests' out of
+    # the user's ~/.cache, one folder per test session.
+    monkeypatch.setenv("PIXELWISE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
 @pytest.fixture(scope="session")
 def digits_folder(tmp_path_factory) -> Path:
     """A generic-layout dataset (train/val images + palette masks) written from the digits."""

@@ -53,7 +53,7 @@ def test_run_directory_contents(trained):
         "best.json",
         "last.safetensors",
         "last.json",
-        "last.state.safetensors",
+        "resume.json",
         "metrics.csv",
         "curves.png",
         "summary.json",

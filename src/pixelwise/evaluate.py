@@ -46,12 +46,20 @@ def evaluate_dataset(
     class_weights: torch.Tensor | None = None,
     keep_examples: int = 0,
     progress: Callable[[Iterable], Iterator] | None = None,
+    shard: tuple[int, int] = (0, 1),
+    net: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> EvalResult:
     """Predict every sample of ``dataset`` at full resolution and accumulate one confusion matrix.
 
     ``keep_examples`` (image, truth, prediction) triples of the first samples are returned for
-    pictures.
+    pictures. ``shard=(rank, world_size)`` under ``torchrun``: each process scores a contiguous
+    block of the samples and the confusion matrices and loss sums are summed over the processes
+    (every process must call), so every process returns the metrics of the whole dataset.
+    ``net``: the network call to use instead of ``model`` (an engine from
+    :mod:`pixelwise.engines`; ``model`` still gives the geometry).
     """
+    from pixelwise.distributed import all_reduce_sum, shard_range
+
     was_training = model.training
     model.eval()
     c = dataset.classes.num_classes
@@ -59,18 +67,21 @@ def evaluate_dataset(
     cm = torch.zeros(c, c, dtype=torch.int64, device=device)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     examples = []
-    indices = range(len(dataset))
+    indices = shard_range(len(dataset), *shard)
     for i in progress(indices) if progress else indices:
         sample = dataset[i]
         x = to_tensor(sample.image, mean, std).unsqueeze(0).to(device)
         y = mask_to_tensor(sample.mask).unsqueeze(0).to(device)
-        logits = forward_full(model, x).float()
+        logits = forward_full(model, x, net=net).float()
         loss_sum += pixel_cross_entropy(logits, y, class_weights, ignore_index=ignore)
         pred = logits.argmax(1)
         cm += confusion_matrix(pred, y, c, ignore)
         if len(examples) < keep_examples:
             examples.append((sample.image, sample.mask, pred[0].to(torch.uint8).cpu().numpy()))
     model.train(was_training)
+    if shard[1] > 1:
+        all_reduce_sum(cm)
+        all_reduce_sum(loss_sum)
     cm = cm.cpu()
     return EvalResult(cm, scores(cm), float(loss_sum) / max(1, len(dataset)), examples)
 
@@ -83,6 +94,9 @@ def evaluate_run(
     device: str = "auto",
     out_dir: str | Path | None = None,
     progress: Callable[[Iterable], Iterator] | None = None,
+    engine: str | None = None,
+    compile: bool = False,
+    threads: int | None = None,
     **data_kwargs: Any,
 ) -> dict[str, Any]:
     """Score a trained run on ``data``'s ``split``.
@@ -94,14 +108,16 @@ def evaluate_run(
     from pixelwise.errors import ConfigError
     from pixelwise.plots import plot_confusion
 
-    seg = Segmenter.from_run(run, which, device)
+    seg = Segmenter.from_run(run, which, device, engine=engine, compile=compile, threads=threads)
     dataset = open_dataset(data, split, channels=seg.in_channels, **data_kwargs)
     if dataset.classes.num_classes != seg.classes.num_classes:
         raise ConfigError(
             f"--data {data}: has {dataset.classes.num_classes} classes but the run was trained "
             f"on {seg.classes.num_classes}"
         )
-    result = evaluate_dataset(seg.model, dataset, seg.mean, seg.std, seg.device, progress=progress)
+    result = evaluate_dataset(
+        seg.model, dataset, seg.mean, seg.std, seg.device, progress=progress, net=seg.net
+    )
     out = Path(out_dir) if out_dir is not None else Path(run)
     report = {
         "run": str(run),

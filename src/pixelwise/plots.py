@@ -16,12 +16,21 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib import patheffects  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
 from pixelwise.data.classes import ClassInfo  # noqa: E402
 from pixelwise.files import atomic_path  # noqa: E402
 
-__all__ = ["colorize", "overlay", "plot_confusion", "plot_curves", "plot_examples"]
+__all__ = [
+    "colorize",
+    "overlay",
+    "plot_class_frequencies",
+    "plot_confusion",
+    "plot_curves",
+    "plot_examples",
+    "plot_weight_map",
+]
 
 IGNORE_COLOR = (224, 224, 192)
 
@@ -62,8 +71,19 @@ def _save(fig: plt.Figure, path: str | Path) -> Path:
     return path
 
 
-def plot_curves(rows: Sequence[dict], class_names: Sequence[str], path: str | Path) -> Path:
-    """Training curves from ``metrics.csv`` rows: loss, pixel accuracy / mIoU, IoU per class."""
+def plot_curves(
+    rows: Sequence[dict], class_names: Sequence[str] | ClassInfo, path: str | Path
+) -> Path:
+    """Training curves from ``metrics.csv`` rows: loss, pixel accuracy / mIoU, IoU per class.
+
+    Given a ``ClassInfo``, each class's IoU curve is drawn in the class's own colour (outlined in
+    grey, so black or white classes stay visible), as in the overlays and masks; given names only,
+    in matplotlib's tab20 colours.
+    """
+    colors = None
+    if isinstance(class_names, ClassInfo):
+        colors = [np.asarray(c, dtype=np.float64) / 255 for c in class_names.colors]
+        class_names = class_names.names
     epochs = [int(r["epoch"]) for r in rows]
 
     def col(key: str) -> list[float]:
@@ -85,10 +105,22 @@ def plot_curves(rows: Sequence[dict], class_names: Sequence[str], path: str | Pa
     axes[1].set(title="Validation", xlabel="epoch", ylim=(0, 1))
     axes[1].legend(loc="lower right")
     cmap = plt.get_cmap("tab20")
+    outline = [patheffects.Stroke(linewidth=3.2, foreground="0.55"), patheffects.Normal()]
     for i, name in enumerate(class_names):
         key = f"val_iou_{i}"
         if key in rows[0]:
-            axes[2].plot(epochs, col(key), "-", color=cmap(i % 20), label=name)
+            if colors is None:
+                axes[2].plot(epochs, col(key), "-", color=cmap(i % 20), label=name)
+            else:
+                axes[2].plot(
+                    epochs,
+                    col(key),
+                    "-",
+                    color=colors[i],
+                    lw=1.8,
+                    label=name,
+                    path_effects=outline,
+                )
     axes[2].set(title="Validation IoU per class", xlabel="epoch", ylim=(0, 1))
     axes[2].legend(fontsize=7, ncol=2, loc="lower right")
     for ax in axes:
@@ -161,6 +193,59 @@ def plot_examples(
         ncol=min(6, max(1, len(handles))),
         bbox_to_anchor=(0.5, -0.02),
     )
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_class_frequencies(
+    counts: Sequence[int], classes: ClassInfo, path: str | Path, title: str = ""
+) -> Path:
+    """Bar chart of each class's share of the labelled pixels, bars in the class colours
+    (outlined, so white or black classes stay visible); the share is printed on each bar."""
+    counts = np.asarray(counts, dtype=np.float64)
+    total = counts.sum()
+    share = 100 * counts / total if total > 0 else np.zeros_like(counts)
+    n = classes.num_classes
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.6 * n + 2), 4))
+    colours = np.asarray(classes.colors, dtype=np.float64) / 255
+    bars = ax.bar(range(n), share, color=colours, edgecolor="black", linewidth=0.8)
+    for bar, value in zip(bars, share, strict=True):
+        ax.annotate(
+            f"{value:.1f}%" if value >= 0.1 else f"{value:.2f}%",
+            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+            ha="center",
+            va="bottom",
+            fontsize=7,
+        )
+    rotation, align = (45, "right") if n > 6 else (0, "center")
+    ax.set_xticks(range(n), classes.names, rotation=rotation, ha=align)
+    ax.set(ylabel="share of labelled pixels (%)", title=title or "Class pixel frequencies")
+    ax.set_ylim(0, max(1.0, float(share.max()) * 1.15) if n else 1.0)
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_weight_map(
+    image: np.ndarray,
+    mask: np.ndarray,
+    weights: np.ndarray,
+    classes: ClassInfo,
+    path: str | Path,
+    title: str = "",
+) -> Path:
+    """Image | labels | per-pixel loss weight as a heatmap with a colour bar (ignored pixels,
+    weight 0, are black)."""
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
+    axes[0].imshow(_rgb(image))
+    axes[0].set_title("image")
+    axes[1].imshow(colorize(mask, classes), interpolation="nearest")
+    axes[1].set_title("labels")
+    im = axes[2].imshow(weights, cmap="magma", vmin=0, interpolation="nearest")
+    axes[2].set_title(f"weight (max {float(np.max(weights)):.2f})")
+    for ax in axes:
+        ax.set_axis_off()
+    fig.colorbar(im, ax=axes[2], fraction=0.046, pad=0.04)
     if title:
         fig.suptitle(title)
     return _save(fig, path)

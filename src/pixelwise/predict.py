@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from pixelwise.data.classes import ClassInfo
 from pixelwise.data.io import read_image, write_image, write_mask
 from pixelwise.data.transforms import to_tensor
+from pixelwise.errors import ConfigError
 from pixelwise.runs import LoadedRun, load_run
 
 __all__ = ["Segmenter", "forward_full", "mirror_pad", "predict_files", "resolve_device"]
@@ -47,20 +48,27 @@ def mirror_pad(x: torch.Tensor, top: int, bottom: int, left: int, right: int) ->
     return x
 
 
-def forward_full(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+def forward_full(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    net: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
     """Logits ``(N, C, H, W)`` for input ``x (N, in_channels, H, W)``, whatever the model's border.
 
     For a valid-convolution model (``model.border > 0``) the input is mirror-padded to the
     smallest size whose output covers ``H x W`` and for which every 2x2 pooling sees even sizes,
-    then the output is cut to ``H x W``.
+    then the output is cut to ``H x W``. ``net``: the network call to run instead of ``model``
+    (an engine from :mod:`pixelwise.engines`); ``model`` still gives the geometry.
     """
     border = int(getattr(model, "border", 0))
+    if net is None:
+        net = model
     if border == 0:
-        return model(x)
+        return net(x)
     h, w = x.shape[-2:]
     in_h, in_w = model.valid_input_size(h, w)
     padded = mirror_pad(x, border, in_h - h - border, border, in_w - w - border)
-    return model(padded)[..., :h, :w]
+    return net(padded)[..., :h, :w]
 
 
 @dataclass
@@ -73,25 +81,75 @@ class Segmenter:
     std: tuple[float, ...]
     in_channels: int
     device: torch.device = torch.device("cpu")
+    net: Callable[[torch.Tensor], torch.Tensor] | None = None  # engine; None: plain ``model``
 
     @classmethod
     def from_run(
-        cls, run: str | Path | LoadedRun, which: str = "best", device: str = "auto"
+        cls,
+        run: str | Path | LoadedRun,
+        which: str = "best",
+        device: str = "auto",
+        engine: str | None = None,
+        compile: bool = False,
+        threads: int | None = None,
     ) -> Segmenter:
+        """Load ``RUN``'s ``which`` checkpoint with the network call of ``engine``.
+
+        ``engine``: ``torch`` (default: BatchNorm folded, channels-last on CPUs, optionally
+        ``compile``d) or ``onnxruntime`` (exported once and cached as ``RUN/best.onnx``, run with
+        ``threads`` intra-op threads); see :mod:`pixelwise.engines`. A ``LoadedRun`` has no
+        folder to cache an export in: ``onnxruntime`` needs the run's path.
+        """
+        from pixelwise.engines import DEFAULT_ENGINE, make_engine
+
         dev = resolve_device(device)
         loaded = run if isinstance(run, LoadedRun) else load_run(run, which, device=dev)
         loaded.model.to(dev).eval()
-        return cls(loaded.model, loaded.classes, loaded.mean, loaded.std, loaded.in_channels, dev)
+        folder = None if isinstance(run, LoadedRun) else run
+        net = make_engine(
+            loaded.model, engine or DEFAULT_ENGINE, run=folder, which=which,
+            in_channels=loaded.in_channels, threads=threads, compile=compile,
+        )  # fmt: skip
+        return cls(
+            loaded.model, loaded.classes, loaded.mean, loaded.std, loaded.in_channels, dev, net=net
+        )
 
     @torch.inference_mode()
-    def logits(self, image: np.ndarray) -> torch.Tensor:
-        """Logits ``(num_classes, H, W)`` for an image ``(H, W, C)`` uint8 (C = in_channels)."""
-        x = to_tensor(image, self.mean, self.std).unsqueeze(0).to(self.device)
-        return forward_full(self.model, x)[0].float()
+    def logits(
+        self, image: np.ndarray, tile: int | None = None, overlap: float = 0.25
+    ) -> torch.Tensor:
+        """Logits ``(num_classes, H, W)`` for an image ``(H, W, C)`` uint8 (C = in_channels).
 
-    def predict(self, image: np.ndarray) -> np.ndarray:
-        """Label mask ``(H, W)`` uint8 for an image ``(H, W, C)`` uint8."""
+        ``tile``: compute them tile by tile (``pixelwise.tiles``; for blended models these are
+        the log blended probabilities)."""
+        if tile is not None:
+            return self._tiled(image, tile, overlap, logits=True)
+        x = to_tensor(image, self.mean, self.std).unsqueeze(0).to(self.device)
+        return forward_full(self.model, x, net=self.net)[0].float()
+
+    def predict(
+        self, image: np.ndarray, tile: int | None = None, overlap: float = 0.25
+    ) -> np.ndarray:
+        """Label mask ``(H, W)`` uint8 for an image ``(H, W, C)`` uint8.
+
+        ``tile``: predict ``tile x tile`` tiles (``overlap``: fraction shared by neighbours) with
+        memory bounded by tile size and image width; see ``pixelwise.tiles``."""
+        if tile is not None:
+            return self._tiled(image, tile, overlap)
         return self.logits(image).argmax(0).to(torch.uint8).cpu().numpy()
+
+    def tile_net(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The network call the tiles use: normalised ``(N, C, h, w)`` -> the model's raw output
+        ``(N, K, *model.output_size(h, w))`` (no mirror padding: the tiles do that)."""
+        return self.net if self.net is not None else self.model
+
+    def _tiled(self, image: np.ndarray, tile: int, overlap: float, logits: bool = False):
+        from pixelwise.tiles import predict_tiled
+
+        return predict_tiled(
+            self.tile_net(), self.model, image, self.mean, self.std, tile, overlap,
+            device=self.device, logits=logits,
+        )  # fmt: skip
 
     def read(self, path: str | Path) -> np.ndarray:
         """Read an image file with the channel count the model expects."""
@@ -116,24 +174,49 @@ def predict_files(
     out_dir: str | Path,
     overlay_alpha: float = 0.5,
     progress: Callable[[Iterable], Iterator] | None = None,
+    tile: int | None = None,
+    overlap: float = 0.25,
+    shard: tuple[int, int] | None = None,
 ) -> list[Path]:
     """Label every file; write ``OUT/<stem>.png`` (palette mask) and ``OUT/<stem>_overlay.png``.
 
     Each file is read fully before anything is written for it, and every write is atomic, so a
-    bad input never leaves a partial output. Returns the mask paths.
+    bad input never leaves a partial output. Returns the mask paths. ``tile``: predict in tiles
+    of this size (``pixelwise.tiles``); ``None``: only images over ``tiles.AUTO_TILE_PIXELS``
+    pixels, with ``tiles.AUTO_TILE`` tiles; ``0``: never.
+
+    ``shard=(i, n)``: only files ``i, i+n, i+2n, ...`` of ``files`` (several processes or
+    ``torchrun`` ranks share one folder); output names are decided over the whole list first,
+    so shards never collide. On a bad file the error is raised: outputs of the files before it
+    are complete, nothing is written for it or the files after it.
     """
     from pixelwise.plots import overlay
+    from pixelwise.tiles import AUTO_TILE, AUTO_TILE_PIXELS, check_tiling
+
+    if tile != 0:
+        check_tiling(segmenter.model, AUTO_TILE if tile is None else tile, overlap)
 
     out = Path(out_dir)
     written = []
     stems: set[str] = set()
-    for path in progress(files) if progress else files:
-        image = segmenter.read(path)
-        mask = segmenter.predict(image)
-        stem = path.stem
+    targets: list[tuple[Path, str]] = []
+    for path in files:
+        stem = Path(path).stem
         while stem in stems:  # a.png and a.jpg in one call: keep both
             stem += "_"
         stems.add(stem)
+        targets.append((Path(path), stem))
+    if shard is not None:
+        index, count = shard
+        if not (isinstance(index, int) and isinstance(count, int) and 0 <= index < count):
+            raise ConfigError(f"--shard {index}/{count}: expected I/N with 0 <= I < N")
+        targets = targets[index::count]
+    for path, stem in progress(targets) if progress else targets:
+        image = segmenter.read(path)
+        size = tile or None  # None: auto, tile only big images
+        if tile is None and image.shape[0] * image.shape[1] > AUTO_TILE_PIXELS:
+            size = AUTO_TILE
+        mask = segmenter.predict(image, tile=size, overlap=overlap)
         write_mask(out / f"{stem}.png", mask, segmenter.classes)
         write_image(
             out / f"{stem}_overlay.png", overlay(image, mask, segmenter.classes, overlay_alpha)

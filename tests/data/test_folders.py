@@ -96,8 +96,9 @@ def test_inferred_classes_and_binary_masks(tmp_path):
         m[0, 0] = 255
         m[1, 1] = 255 if i < 2 else 0
         put(tmp_path / "masks" / f"{i}.png", m)
-    with pytest.raises(DataError, match="label_map=\\{255: 1\\}"):
-        FolderDataset(tmp_path, "train")
+    auto = FolderDataset(tmp_path, "train")  # 0/255 only: binary, and a note says so
+    assert auto.classes.num_classes == 2 and auto.label_map == {255: 1}
+    assert any("255 -> class 1" in n for n in auto.notes)
     ds = FolderDataset(tmp_path, "train", label_map={255: 1})
     assert ds.classes.num_classes == 2 and ds.channels == 1
     assert set(np.unique(ds[0].mask)) <= {0, 1}

@@ -82,9 +82,9 @@ def test_rectangular_crop_and_determinism():
 def test_extra_ops_slot_in_before_crop():
     seen = []
 
-    def probe(image, mask, generator):
+    def probe(image, mask, generator, weights=None):
         seen.append((image.dtype, float(image.min()), float(image.max()), tuple(mask.shape)))
-        return 1.0 - image, mask
+        return 1.0 - image, mask, weights
 
     img = np.zeros((20, 20, 3), np.uint8)
     t = TrainTransform(8, MEAN, STD, scale=(1.0, 1.0), hflip=False, extra_ops=[probe])
@@ -108,8 +108,8 @@ def test_resize_nearest_keeps_values():
         [3, 3, 4, 4]
     ]
     assert resize_nearest(m, (1, 1)).tolist() == [[4]]
-    x, y = RandomScale((2.0, 2.0))(torch.rand(3, 2, 2), m, gen(0))
-    assert x.shape == (3, 4, 4) and torch.equal(y, resize_nearest(m, (4, 4)))
+    x, y, w = RandomScale((2.0, 2.0))(torch.rand(3, 2, 2), m, gen(0))
+    assert x.shape == (3, 4, 4) and torch.equal(y, resize_nearest(m, (4, 4))) and w is None
 
 
 transform_params = st.fixed_dictionaries(
@@ -199,3 +199,57 @@ def test_same_batches_with_and_without_workers():
     for (a, b), (c, d) in zip(single, multi, strict=True):
         assert torch.equal(a, c) and torch.equal(b, d)
     assert ds.classes == base.classes and ds.channels == 3 and ds.names == base.names
+
+
+def test_persistent_workers_follow_set_epoch():
+    base = DigitsScenes("val", num_images=4, min_size=32, max_size=40)
+    ds = TransformedDataset(base, TrainTransform(24, MEAN, STD), seed=2)
+    loader = torch.utils.data.DataLoader
+    persistent = loader(ds, batch_size=2, num_workers=2, persistent_workers=True)
+    got, expected = [], []
+    for epoch in (0, 1, 2):
+        ds.set_epoch(epoch)
+        got.append(list(persistent))
+        expected.append(list(loader(ds, batch_size=2, num_workers=0)))
+    for g, e in zip(got, expected, strict=True):
+        for (a, b), (c, d) in zip(g, e, strict=True):
+            assert torch.equal(a, c) and torch.equal(b, d)
+    assert not torch.equal(got[0][0][0], got[1][0][0])  # the epochs really differ
+
+
+def test_weight_maps_travel_with_the_sample():
+    base = DigitsScenes("val", num_images=2, min_size=32, max_size=40)
+    calls = []
+
+    def weights(i, mask):
+        calls.append(i)
+        return np.where(mask > 0, 2.0, 1.0).astype(np.float32)
+
+    t = TrainTransform(24, MEAN, STD, rotate=10, elastic=2)
+    ds = TransformedDataset(base, t, seed=1, weights=weights)
+    x, y, w = ds[1]
+    assert calls == [1] and x.shape == (3, 24, 24) and w.shape == y.shape == (24, 24)
+    assert torch.all(w[y == 255] <= 2.0) and torch.all(w >= 0)
+    assert torch.all(w[(y > 0) & (y != 255)] > 1.0)  # digit pixels keep (mostly) weight 2
+    batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=2)))
+    assert len(batch) == 3 and batch[2].shape == (2, 24, 24)
+    plain = TransformedDataset(base, EvalTransform(MEAN, STD), weights=weights)
+    x, y, w = plain[0]
+    assert torch.equal(w, torch.from_numpy(weights(0, base[0].mask)))
+
+
+def test_samples_are_transformed_with_one_thread_and_threads_restored():
+    base = DigitsScenes("val", num_images=1, min_size=32, max_size=32)
+    seen = []
+
+    def probe(image, mask, generator):
+        seen.append(torch.get_num_threads())
+        return EvalTransform(MEAN, STD)(image, mask)
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        TransformedDataset(base, probe)[0]
+        assert seen == [1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

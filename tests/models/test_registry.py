@@ -25,7 +25,10 @@ def test_available_is_sorted_and_complete():
 def test_unknown_name_lists_the_choices():
     with pytest.raises(ConfigError) as err:
         build("fcn4s", 3)
-    assert str(err.value) == f"unknown model 'fcn4s'; choose one of: {', '.join(NAMES)}"
+    assert str(err.value) == (
+        "unknown model 'fcn4s' (did you mean 'fcn8s' or 'fcn32s' or 'fcn16s'?); "
+        f"choose one of: {', '.join(NAMES)}"
+    )
 
 
 def test_unexpected_argument_names_model_and_argument():

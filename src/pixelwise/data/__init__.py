@@ -1,7 +1,9 @@
 """Data: reading images and masks, dataset layouts, the embedded digits dataset, transforms.
 
 ``open_dataset(source, split)`` is the one entry point the command line uses: ``"digits"`` gives
-the embedded :class:`DigitsScenes`; a folder gives a :class:`FolderDataset`.
+the embedded :class:`DigitsScenes`; a folder gives a :class:`LayoutDataset` of its layout
+(generic images/ + masks/ -> :class:`FolderDataset`; VOC, CamVid, ISBI 2012, DRIVE, Cityscapes;
+see :mod:`pixelwise.data.layouts`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pixelwise.data.classes import ClassInfo, default_palette
 from pixelwise.data.digits import DIGITS_CLASSES, DigitsScenes, write_digits_folder
 from pixelwise.data.folders import FolderDataset, detect_layout
 from pixelwise.data.io import read_image, read_mask, set_max_image_pixels, write_image, write_mask
+from pixelwise.data.layouts import FORMATS, LayoutDataset, detect, open_layout, parse_label_map
 from pixelwise.data.transforms import (
     EvalTransform,
     TrainTransform,
@@ -26,15 +29,26 @@ from pixelwise.errors import ConfigError
 
 
 def open_dataset(
-    source: str | Path, split: str, channels: int | None = None, **kwargs: Any
+    source: str | Path,
+    split: str,
+    channels: int | None = None,
+    format: str | None = None,
+    **kwargs: Any,
 ) -> SegmentationDataset:
     """``"digits"`` -> ``DigitsScenes(split, channels=channels or 3, **kwargs)``; an existing
-    folder -> ``FolderDataset(source, split, channels, **kwargs)``; else ConfigError."""
+    folder -> the :class:`LayoutDataset` of its layout (``format``: None/"auto" detects it, or
+    one of ``FORMATS``); ``kwargs`` are ``classes``, ``label_map``, ``cache``, ``limit``,
+    ``val_fraction``, ``seed`` and layout options (``folds``, ``fold`` for isbi). Else
+    ConfigError."""
     if str(source) == "digits":
+        if format not in (None, "auto"):
+            raise ConfigError(f"--format {format}: the embedded digits data has no file layout")
+        if kwargs.pop("label_map", None) is not None:
+            raise ConfigError("--label-map: the embedded digits data needs no label map")
         return DigitsScenes(split, channels=3 if channels is None else channels, **kwargs)
     path = Path(source)
     if path.is_dir():
-        return FolderDataset(path, split, channels, **kwargs)
+        return open_layout(path, split, channels, format=format, **kwargs)
     if path.exists():
         raise ConfigError(f"--data {source}: is a file; give a dataset folder or 'digits'")
     raise ConfigError(f"--data {source}: no such folder; give a dataset folder or 'digits'")
@@ -42,10 +56,12 @@ def open_dataset(
 
 __all__ = [
     "DIGITS_CLASSES",
+    "FORMATS",
     "ClassInfo",
     "DigitsScenes",
     "EvalTransform",
     "FolderDataset",
+    "LayoutDataset",
     "PairedFileDataset",
     "Sample",
     "SegmentationDataset",
@@ -53,9 +69,11 @@ __all__ = [
     "TransformedDataset",
     "default_normalization",
     "default_palette",
+    "detect",
     "detect_layout",
     "mask_to_tensor",
     "open_dataset",
+    "parse_label_map",
     "read_image",
     "read_mask",
     "set_max_image_pixels",

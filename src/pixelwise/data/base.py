@@ -37,6 +37,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
     classes: ClassInfo
     channels: int
     names: list[str]
+    notes: Sequence[str] = ()  # choices worth telling the user ("0/255 masks read as binary")
 
     def __len__(self) -> int:
         raise NotImplementedError
@@ -65,7 +66,8 @@ class PairedFileDataset(SegmentationDataset):
     ``channels``: 1 or 3, or ``None`` -> 1 if every image file is grayscale (judged from the file
     headers), else 3. ``label_map`` is passed to :func:`read_mask`. ``cache=True`` keeps decoded
     samples in memory (per process: each DataLoader worker holds its own copy). ``names``
-    defaults to the image file stems.
+    defaults to the image file stems. ``valid_masks`` (one file or None per pair): pixels where
+    that file is 0 (e.g. outside DRIVE's field of view) become ``classes.ignore_index``.
     """
 
     def __init__(
@@ -76,6 +78,8 @@ class PairedFileDataset(SegmentationDataset):
         label_map: Mapping[int, int] | None = None,
         cache: bool = False,
         names: Sequence[str] | None = None,
+        valid_masks: Sequence[str | Path | None] | None = None,
+        notes: Sequence[str] = (),
     ) -> None:
         if channels not in (None, 1, 3):
             raise ConfigError(f"channels must be 1, 3 or None, got {channels!r}")
@@ -87,6 +91,12 @@ class PairedFileDataset(SegmentationDataset):
         self.names = list(names) if names is not None else [a.stem for a, _ in self.pairs]
         if len(self.names) != len(self.pairs):
             raise ConfigError(f"{len(self.names)} names for {len(self.pairs)} file pairs")
+        self.valid_masks = (
+            None if valid_masks is None else [None if v is None else Path(v) for v in valid_masks]
+        )
+        if self.valid_masks is not None and len(self.valid_masks) != len(self.pairs):
+            raise ConfigError(f"{len(self.valid_masks)} valid masks for {len(self.pairs)} pairs")
+        self.notes = list(notes)
         if channels is None:
             channels = 1 if all(image_channels(a) == 1 for a, _ in self.pairs) else 3
             if not self.pairs:
@@ -114,7 +124,26 @@ class PairedFileDataset(SegmentationDataset):
                 image_path,
                 f"image is {w}x{h} but its mask {mask_path} is {mw}x{mh} (width x height){hint}",
             )
+        valid = self.valid_masks[i] if self.valid_masks is not None else None
+        if valid is not None:
+            mask = apply_valid_mask(mask, valid, self.classes.ignore_index, mask_path)
         sample = Sample(image, mask, self.names[i])
         if self.cache:
             self._cache[i] = sample
         return sample
+
+
+def apply_valid_mask(
+    mask: np.ndarray, valid_path: str | Path, ignore_index: int, mask_path: str | Path = ""
+) -> np.ndarray:
+    """``mask`` (H, W) with the pixels where the region mask file ``valid_path`` is 0 set to
+    ``ignore_index``; a region mask of another size raises DataError."""
+    valid = read_mask(valid_path)
+    if valid.shape != mask.shape:
+        (h, w), (vh, vw) = mask.shape, valid.shape
+        raise DataError(
+            valid_path, f"region mask is {vw}x{vh} but the label mask {mask_path} is {w}x{h}"
+        )
+    out = mask.copy()
+    out[valid == 0] = ignore_index
+    return out

@@ -13,28 +13,58 @@ a ``classes`` argument, the classes are inferred: ``1 + the largest label`` (255
 least 2) over every mask of the dataset, all splits. That decodes every mask once when the dataset
 is built (seconds for thousands of masks), and names classes ``class_0 ..``; write a classes.txt
 to skip it.
+
+Binary masks stored as 0/255: when every mask holds only 0 and 255, no label map is given and
+there is no classes.txt (or it lists exactly 2 classes), 255 is read as class 1, not as "ignore",
+and the dataset's ``notes`` say so (pass ``label_map={255: 255}``, i.e. ``--label-map
+255:ignore``, when 255 really marks unlabelled pixels).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from pixelwise.data.base import PairedFileDataset
 from pixelwise.data.classes import ClassInfo
 from pixelwise.data.io import read_mask
-from pixelwise.errors import ConfigError, DataError
+from pixelwise.data.layouts import (
+    IMAGE_SUFFIXES,
+    MASK_SUFFIXES,
+    Layout,
+    LayoutDataset,
+    Pair,
+    Problems,
+    index_files,
+    match,
+    pool_split,
+    seeded_split,
+)
+from pixelwise.errors import DataError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp")
-MASK_SUFFIXES = (".png", ".gif", ".tif", ".tiff", ".bmp")
 SPLITS = ("train", "val", "test")
+BINARY_MAP = {255: 1}
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "MASK_SUFFIXES",
+    "FolderDataset",
+    "Generic",
+    "detect_layout",
+    "infer_classes",
+    "list_files",
+    "pair_files",
+    "split_indices",
+]
+
+split_indices = seeded_split  # the historical name
 
 
 def detect_layout(root: str | Path) -> str:
-    """Name the layout of dataset folder ``root``: ``"split"`` (train/images, ...) or ``"flat"``
-    (images/ + masks/). Anything else raises DataError."""
+    """Name the generic sub-layout of dataset folder ``root``: ``"split"`` (train/images, ...)
+    or ``"flat"`` (images/ + masks/). Anything else raises DataError."""
     root = Path(root)
     if not root.exists():
         raise DataError(root, "no such folder")
@@ -56,85 +86,162 @@ def detect_layout(root: str | Path) -> str:
 def list_files(folder: Path, suffixes: tuple[str, ...]) -> dict[str, Path]:
     """Map file stem -> path for files in ``folder`` (not recursive, hidden files skipped) whose
     suffix is in ``suffixes`` (case-insensitive). Two files with one stem raise DataError."""
-    found: dict[str, list[Path]] = {}
-    for p in sorted(folder.iterdir()):
-        if p.name.startswith(".") or not p.is_file() or p.suffix.lower() not in suffixes:
-            continue
-        found.setdefault(p.stem, []).append(p)
-    dups = {s: ps for s, ps in found.items() if len(ps) > 1}
-    if dups:
-        stem, ps = next(iter(sorted(dups.items())))
-        more = f" ({len(dups) - 1} more stems like it)" if len(dups) > 1 else ""
-        raise DataError(
-            folder,
-            f"several files share the name {stem!r}: {', '.join(p.name for p in ps)}{more}; "
-            "keep one file per name",
-        )
-    return {s: ps[0] for s, ps in found.items()}
+    return index_files(folder, suffixes)
 
 
-def _some(names: list[str], limit: int = 5) -> str:
-    shown = ", ".join(names[:limit])
-    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
-
-
-def pair_files(images_dir: Path, masks_dir: Path) -> list[tuple[Path, Path]]:
-    """(image, mask) pairs, sorted by stem; unmatched files on either side raise DataError."""
+def pair_files(
+    images_dir: Path, masks_dir: Path, problems: Problems = None
+) -> list[tuple[Path, Path]]:
+    """(image, mask) pairs, sorted by stem. Strict (``problems=None``): missing folders,
+    empty folders and unmatched files raise DataError; lenient: they are appended."""
     for d in (images_dir, masks_dir):
         if not d.is_dir():
             raise DataError(d, "no such folder")
-    images = list_files(images_dir, IMAGE_SUFFIXES)
-    if not images:
+    images = index_files(images_dir, IMAGE_SUFFIXES, problems=problems)
+    if not images and problems is None:
         raise DataError(images_dir, f"no image files ({' '.join(IMAGE_SUFFIXES)})")
-    masks = list_files(masks_dir, MASK_SUFFIXES)
-    if not masks:
+    masks = index_files(masks_dir, MASK_SUFFIXES, problems=problems)
+    if not masks and problems is None:
         raise DataError(masks_dir, f"no mask files ({' '.join(MASK_SUFFIXES)})")
-    lonely = sorted(images[s].name for s in images.keys() - masks.keys())
-    if lonely:
-        raise DataError(
-            masks_dir,
-            f"no mask for {len(lonely)} image(s) of {images_dir}: {_some(lonely)}; "
-            "masks must have the same file name stem as their image",
-        )
-    orphans = sorted(masks[s].name for s in masks.keys() - images.keys())
-    if orphans:
-        raise DataError(
-            images_dir,
-            f"no image for {len(orphans)} mask(s) of {masks_dir}: {_some(orphans)}",
-        )
-    return [(images[s], masks[s]) for s in sorted(images)]
+    return [(i, m) for _, i, m in match(images, masks, images_dir, masks_dir, problems)]
 
 
-def split_indices(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """A deterministic random split of ``range(n)`` into disjoint (train, val) index lists."""
-    if n < 2:
-        raise ConfigError(f"cannot split {n} sample(s) into train and val")
-    n_val = min(max(1, round(n * val_fraction)), n - 1)
-    perm = np.random.default_rng(seed).permutation(n)
-    return sorted(perm[n_val:].tolist()), sorted(perm[:n_val].tolist())
+def binary_choice(
+    seen: np.ndarray, classes: ClassInfo | None, user_map: Mapping[int, int] | None
+) -> bool:
+    """Read 0/255 masks as binary? Yes when no label map was given, the label values present
+    (``seen``, bool (256,)) are 0 and 255 only with 255 among them, and the classes are unknown
+    or exactly 2."""
+    if user_map is not None or not seen[255]:
+        return False
+    if classes is not None and classes.num_classes != 2:
+        return False
+    return np.flatnonzero(seen[:255]).tolist() in ([], [0])
+
+
+def binary_note(classes: ClassInfo) -> str:
+    return (
+        f"masks hold only the values 0 and 255: read as binary, 255 -> class 1 "
+        f"'{classes.names[1]}' (not 'ignore'); pass --label-map 255:ignore if 255 marks "
+        "unlabelled pixels"
+    )
 
 
 def infer_classes(mask_paths: list[Path], label_map: Mapping[int, int] | None = None) -> ClassInfo:
-    """``ClassInfo.default(max(2, 1 + largest label))`` over ``mask_paths`` (255 excluded).
+    """``ClassInfo.default(max(2, 1 + largest label))`` over ``mask_paths`` (255 excluded)."""
+    return ClassInfo.default(_classes_from_seen(_seen_values(mask_paths, label_map)))
 
-    Decodes every mask. Masks holding only 0 and 255 raise DataError (255 means ignore; binary
-    0/255 masks need ``label_map={255: 1}``).
-    """
+
+def _seen_values(
+    mask_paths: list[Path], label_map: Mapping[int, int] | None, classes: ClassInfo | None = None
+) -> np.ndarray:
     seen = np.zeros(256, dtype=bool)
     for p in mask_paths:
-        seen[np.unique(read_mask(p, None, label_map))] = True
+        seen[np.unique(read_mask(p, classes, label_map))] = True
+    return seen
+
+
+def _classes_from_seen(seen: np.ndarray) -> int:
     values = np.flatnonzero(seen[:255])
-    if seen[255] and values.tolist() in ([], [0]):
-        raise DataError(
-            mask_paths[0].parent,
-            "masks hold only 0 and 255, and 255 means 'ignore'; for binary 0/255 masks pass "
-            "label_map={255: 1} (or add a classes.txt)",
-        )
-    top = int(values.max()) if len(values) else 0
-    return ClassInfo.default(max(2, top + 1))
+    return max(2, int(values.max()) + 1 if len(values) else 0)
 
 
-class FolderDataset(PairedFileDataset):
+class Generic(Layout):
+    """The generic layout (module docstring); ``kind`` is "split" or "flat"."""
+
+    name = "generic"
+    expected = "images/ + masks/, or train/images/ + train/masks/ (and val/, test/)"
+
+    @classmethod
+    def detect(cls, root: Path) -> bool:
+        if (root / "images").is_dir() and (root / "masks").is_dir():
+            return True
+        return any((root / s / "images").is_dir() and (root / s / "masks").is_dir() for s in SPLITS)
+
+    def locate(self, root: Path) -> Path:
+        self.kind = detect_layout(root)
+        return root
+
+    def splits(self) -> list[str]:
+        if self.kind == "flat":
+            return ["train", "val"]
+        return [s for s in SPLITS if (self.root / s / "images").is_dir()]
+
+    def _pairs(self, images: Path, masks: Path, problems: Problems) -> list[Pair]:
+        return [Pair(i.stem, i, m) for i, m in pair_files(images, masks, problems)]
+
+    def find(self, split: str, problems: Problems = None) -> list[Pair]:
+        root = self.root
+        if self.kind == "split":
+            present = self.splits()
+            if split not in present:
+                raise DataError(
+                    root,
+                    f"no '{split}' split: expected {root / split / 'images'} "
+                    f"(found {', '.join(present)})",
+                )
+            return self._pairs(root / split / "images", root / split / "masks", problems)
+        if split not in ("train", "val"):
+            raise DataError(
+                root,
+                f"no '{split}' split: a flat images/ + masks/ folder has only 'train' and "
+                "'val' (a seeded random split)",
+            )
+        pool = self._pairs(root / "images", root / "masks", problems)
+        if len(pool) < 2 and problems is None:
+            raise DataError(root, "only one sample; need at least 2 to split train/val")
+        if len(pool) < 2:
+            return pool if split == "train" else []
+        return pool_split(pool, split, self)
+
+    def classes_file(self) -> Path | None:
+        f = self.root / "classes.txt"
+        return f if f.is_file() else None
+
+    def declared_classes(self) -> ClassInfo | None:
+        f = self.classes_file()
+        return ClassInfo.from_file(f) if f else None
+
+    def extra_files(self) -> list[Path]:
+        f = self.classes_file()
+        return [f] if f else []
+
+    def _all_masks(self) -> list[Path]:
+        return [p.mask for p in self.all_pairs()]
+
+    def labels(
+        self,
+        classes: ClassInfo | None = None,
+        user_map: Mapping[int, int] | None = None,
+        seen: np.ndarray | None = None,
+    ) -> tuple[ClassInfo, dict[int, int] | None, list[str]]:
+        user_map = dict(user_map) if user_map is not None else None
+        if classes is not None:
+            return classes, user_map, []
+        declared = self.declared_classes()
+        if declared is not None:
+            if user_map is not None or declared.num_classes != 2:
+                return declared, user_map, []
+            if seen is None:  # a 2-class list: are the masks 0/255? peek at one before all
+                masks = self._all_masks()
+                try:
+                    seen = _seen_values(masks[:1], None, declared)
+                    if binary_choice(seen, declared, None):
+                        seen = _seen_values(masks, None, declared)
+                except DataError:  # a broken mask is reported when it is read, not here
+                    seen = np.zeros(256, dtype=bool)
+            if binary_choice(seen, declared, None):
+                return declared, dict(BINARY_MAP), [binary_note(declared)]
+            return declared, user_map, []
+        if seen is None:
+            seen = _seen_values(self._all_masks(), user_map)
+        if binary_choice(seen, None, user_map):
+            classes = ClassInfo.default(2)
+            return classes, dict(BINARY_MAP), [binary_note(classes)]
+        return ClassInfo.default(_classes_from_seen(seen)), user_map, []
+
+
+class FolderDataset(LayoutDataset):
     """A dataset in the generic layout (see the module docstring); ``split`` is "train", "val"
     or "test" (layout A: any split folder present; layout B: "train" or "val")."""
 
@@ -147,56 +254,13 @@ class FolderDataset(PairedFileDataset):
         val_fraction: float = 0.1,
         seed: int = 0,
         cache: bool = False,
-        label_map: Mapping[int, int] | None = None,
+        label_map: str | Mapping[Any, Any] | None = None,
+        limit: int | None = None,
     ) -> None:
-        root = Path(root)
-        if not isinstance(val_fraction, int | float) or not 0.0 < val_fraction < 1.0:
-            raise ConfigError(f"val_fraction must be between 0 and 1, got {val_fraction!r}")
-        self.root = root
-        self.split = split
-        self.layout = detect_layout(root)
-        if self.layout == "split":
-            present = [s for s in SPLITS if (root / s / "images").is_dir()]
-            if split not in present:
-                raise DataError(
-                    root,
-                    f"no '{split}' split: expected {root / split / 'images'} "
-                    f"(found {', '.join(present)})",
-                )
-            pairs = pair_files(root / split / "images", root / split / "masks")
+        layout = Generic(root, val_fraction=val_fraction, seed=seed)
+        super().__init__(layout, split, channels, classes, label_map, cache, limit)
 
-            def all_masks() -> list[Path]:
-                return [m for s in present for _, m in _pairs_or_empty(root, s, split, pairs)]
-        else:
-            if split not in ("train", "val"):
-                raise DataError(
-                    root,
-                    f"no '{split}' split: a flat images/ + masks/ folder has only 'train' and "
-                    "'val' (a seeded random split)",
-                )
-            everything = pair_files(root / "images", root / "masks")
-            if len(everything) < 2:
-                raise DataError(root, "only one sample; need at least 2 to split train/val")
-            train_idx, val_idx = split_indices(len(everything), val_fraction, seed)
-            pairs = [everything[i] for i in (train_idx if split == "train" else val_idx)]
-
-            def all_masks() -> list[Path]:
-                return [m for _, m in everything]
-
-        if classes is None:
-            classes_file = root / "classes.txt"
-            if classes_file.is_file():
-                classes = ClassInfo.from_file(classes_file)
-            else:
-                classes = infer_classes(all_masks(), label_map)
-        super().__init__(pairs, classes, channels, label_map=label_map, cache=cache)
-
-
-def _pairs_or_empty(
-    root: Path, split: str, current: str, current_pairs: list[tuple[Path, Path]]
-) -> list[tuple[Path, Path]]:
-    if split == current:
-        return current_pairs
-    if not (root / split / "masks").is_dir():
-        return []
-    return pair_files(root / split / "images", root / split / "masks")
+    @property
+    def kind(self) -> str:
+        """ "split" (train/images, ...) or "flat" (images/ + masks/)."""
+        return "flat" if (Path(self.root) / "images").is_dir() else "split"

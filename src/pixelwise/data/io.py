@@ -91,7 +91,8 @@ def _bomb_message(text: str) -> str:
     limit = Image.MAX_IMAGE_PIXELS
     return (
         f"image has {count}, over the limit of {limit:,} (decompression-bomb guard); if the file "
-        "is trusted, raise it with pixelwise.data.io.set_max_image_pixels(n) (None: no limit)"
+        "is trusted, raise it with --max-image-pixels N (Python: "
+        "pixelwise.data.io.set_max_image_pixels(n))"
         if limit
         else f"image has {count} (decompression-bomb guard)"
     )

@@ -40,10 +40,19 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def unknown_model(name: str) -> str:
+    """The message for a model name that is not registered: close matches first, then all."""
+    import difflib
+
+    close = difflib.get_close_matches(str(name).replace("-", "_"), available(), n=3, cutoff=0.6)
+    hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+    return f"unknown model '{name}'{hint}; choose one of: {', '.join(available())}"
+
+
 def build(name: str, num_classes: int, **kwargs: object) -> nn.Module:
     """Build the model registered as ``name``; bad names or arguments raise ``ConfigError``."""
     if name not in _REGISTRY:
-        raise ConfigError(f"unknown model '{name}'; choose one of: {', '.join(available())}")
+        raise ConfigError(unknown_model(name))
     builder = _REGISTRY[name]
     accepted = [p for p in inspect.signature(builder).parameters if p != "num_classes"]
     for key in kwargs:

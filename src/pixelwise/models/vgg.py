@@ -150,10 +150,25 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # unpickling / format errors come in many types
-        raise ConfigError(f"{path}: cannot read weights ({err})") from err
+        raise ConfigError(f"{path}: {_load_problem(err)}") from None
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise ConfigError(f"{path}: not a state dict (expected a mapping of names to tensors)")
     return state
+
+
+def _load_problem(err: Exception) -> str:
+    """One line about why a weights file was not read (torch's own message spans lines and
+    suggests ``weights_only=False``, which would run the file's code: never do that)."""
+    text = str(err)
+    if "Weights only load failed" in text or "weights_only" in text:
+        found = [ln.strip() for ln in text.splitlines() if "GLOBAL" in ln]
+        what = f" ({found[0].rstrip('.')})" if found else ""
+        return (
+            "refused: the file holds Python objects or code, not only tensors" + what + "; "
+            "it is not unpickled. Save the state dict as .safetensors (or tensors only)"
+        )
+    first = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(err).__name__)
+    return f"cannot read weights ({first})"
 
 
 def load_encoder_weights(

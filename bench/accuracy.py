@@ -1,0 +1,378 @@
+"""Accuracy on real data within a CPU time budget: ISBI 2012, DRIVE and CamVid (../shared/data).
+
+    python bench/accuracy.py isbi   --minutes 60 [--folds 5] [--fold-list 0,1]
+    python bench/accuracy.py drive  --minutes 60
+    python bench/accuracy.py camvid --minutes 60
+    python bench/accuracy.py camvid --minutes 5 --set model_args.base_width=16 --set lr=0.002
+
+Each dataset has a recipe (model, width, resolution, schedule, augmentation, class weights; the
+``RECIPES`` table below, overridable with ``--set KEY=VALUE``). The number of epochs is chosen
+from the budget: a few training steps and a validation pass are timed first, then the run gets
+as many epochs as fit in ``--minutes`` (for ISBI the budget is split over the folds). Training
+uses pixelwise's own ``train`` (every option recorded in the run directory); scoring is done
+here, on the held-out images, with the metrics each dataset is known by:
+
+* ISBI 2012 (k-fold over the 30 labelled slices; the test labels were never released): pixel
+  error, foreground-restricted Rand error (``skimage.metrics.adapted_rand_error`` on 4-connected
+  cell components, membrane = background, per slice then averaged) and IoU of both classes.
+  Reference: U-Net, Rand error 0.0382 on the hidden test stack.
+* DRIVE (train on training/, score test/ inside the field of view): Dice and accuracy of the
+  vessel class at the argmax, AUC-ROC of the vessel probability. References: AUC 0.9790
+  (retina-unet), Dice 78.67 (MMSegmentation U-Net).
+* CamVid (train on train/, score val/ at the full 360x480 label resolution, the model's input
+  rescaled by the recipe's ``input_scale`` and its logits upsampled back): global accuracy,
+  class-average accuracy, mIoU over the 11 classes. Reference: SegNet-Basic 82.8 / 62.3 / 46.3
+  (on the test split, which is not here).
+
+Prints a table and writes ``OUT/<dataset>.json`` (default OUT: bench/results/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+
+# Recipes: the best found so far on a 2-core CPU (docs/results.md lists every run).
+RECIPES: dict[str, dict[str, Any]] = {
+    "isbi": {
+        "model": "unet_same",
+        "model_args": {"base_width": 16, "depth": 4},
+        "batch_size": 4,
+        "crop_size": 192,
+        "optimizer": "adamw",
+        "lr": 2e-3,
+        "weight_decay": 1e-4,
+        "schedule": "cosine",
+        "scale_min": 0.8,
+        "scale_max": 1.2,
+        "hflip": True,
+        "rotate": 15.0,
+        "elastic": 10.0,
+        "class_weights": None,
+        "input_scale": 1.0,
+    },
+    "drive": {
+        "model": "unet_same",
+        "model_args": {"base_width": 16, "depth": 4},
+        "batch_size": 4,
+        "crop_size": 192,
+        "optimizer": "adamw",
+        "lr": 2e-3,
+        "weight_decay": 1e-4,
+        "schedule": "cosine",
+        "scale_min": 0.8,
+        "scale_max": 1.2,
+        "hflip": True,
+        "rotate": 15.0,
+        "class_weights": None,
+        "input_scale": 1.0,
+    },
+    "camvid": {
+        "model": "unet_same",
+        "model_args": {"base_width": 24, "depth": 4},
+        "batch_size": 8,
+        "crop_size": 176,
+        "optimizer": "adamw",
+        "lr": 3e-3,
+        "weight_decay": 1e-4,
+        "schedule": "cosine",
+        "scale_min": 0.4,
+        "scale_max": 0.65,
+        "hflip": True,
+        "class_weights": "auto",
+        "input_scale": 0.5,
+    },
+}
+BENCH_ONLY = ("input_scale",)  # recipe keys used here, not by TrainConfig
+
+
+def _set(recipe: dict[str, Any], assignment: str) -> None:
+    key, sep, value = assignment.partition("=")
+    if not sep:
+        raise SystemExit(f"--set {assignment!r}: expected KEY=VALUE")
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError:
+        parsed = value
+    target = recipe
+    *parents, leaf = key.split(".")
+    for p in parents:
+        target = target.setdefault(p, {})
+    target[leaf] = parsed
+
+
+def _load_model_input(image: np.ndarray, mean, std, scale: float) -> torch.Tensor:
+    from pixelwise.data.transforms import to_tensor
+
+    x = to_tensor(image, mean, std).unsqueeze(0)
+    if scale != 1.0:
+        h, w = x.shape[-2:]
+        size = (max(1, round(h * scale)), max(1, round(w * scale)))
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+    return x
+
+
+@torch.inference_mode()
+def probabilities(model, image: np.ndarray, mean, std, scale: float = 1.0) -> np.ndarray:
+    """Softmax probabilities ``(C, H, W)`` at the image's own resolution."""
+    from pixelwise.predict import forward_full
+
+    model.eval()
+    h, w = image.shape[:2]
+    logits = forward_full(model, _load_model_input(image, mean, std, scale)).float()
+    if logits.shape[-2:] != (h, w):
+        logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
+    return torch.softmax(logits[0], 0).numpy()
+
+
+def _time_budget_epochs(config, minutes: float, val_images: int, val_pixels: int) -> int:
+    """Epochs that fit in ``minutes``: times 4 training steps and one validation forward."""
+    from pixelwise.data import open_dataset
+    from pixelwise.losses import pixel_cross_entropy
+    from pixelwise.models import build
+
+    ds = open_dataset(config.data, "train", **config.data_args)
+    steps = max(1, len(ds) // config.batch_size)
+    kwargs = {"in_channels": ds.channels, "width": config.width, **config.model_args}
+    model = build(config.model, ds.classes.num_classes, **kwargs)
+    model.to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    c = config.crop_size
+    x = torch.randn(config.batch_size, ds.channels, c, c).to(memory_format=torch.channels_last)
+    y = torch.randint(0, ds.classes.num_classes, (config.batch_size, c, c))
+    times = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        loss = pixel_cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        times.append(time.perf_counter() - t0)
+    step_s = float(np.median(times[1:])) * 1.15  # data loading, logging
+    side = int(math.sqrt(max(1, val_pixels)))
+    model.eval()
+    with torch.inference_mode():
+        xv = torch.randn(1, ds.channels, side, side).to(memory_format=torch.channels_last)
+        model(xv)
+        t0 = time.perf_counter()
+        model(xv)
+        val_s = (time.perf_counter() - t0) * val_images * 1.2
+    epoch_s = steps * step_s + val_s
+    return max(1, int(minutes * 60 * 0.95 / epoch_s))
+
+
+def _train(dataset: str, recipe: dict[str, Any], data: Path, data_args: dict, minutes: float,
+           out: Path, seed: int, val_images: int, val_pixels: int) -> tuple[Path, dict]:
+    from pixelwise.train import TrainConfig, train
+
+    cfg = {k: v for k, v in recipe.items() if k not in BENCH_ONLY}
+    config = TrainConfig.from_dict(
+        {**cfg, "data": str(data), "data_args": data_args, "out": str(out), "overwrite": True,
+         "seed": seed, "epochs": 1}
+    )
+    config.epochs = _time_budget_epochs(config, minutes, val_images, val_pixels)
+    t0 = time.perf_counter()
+    summary = train(config, log=lambda m: print(f"  [{dataset}] {m}", file=sys.stderr, flush=True))
+    summary["wall_s"] = round(time.perf_counter() - t0, 1)
+    return out, summary
+
+
+def _load(run: Path):
+    from pixelwise.runs import load_run
+
+    return load_run(run, "best")
+
+
+def score_isbi(run: Path, val_ds, input_scale: float) -> dict[str, float]:
+    from skimage.measure import label
+    from skimage.metrics import adapted_rand_error
+
+    loaded = _load(run)
+    pix_err, rand_err, inter, union = [], [], np.zeros(2), np.zeros(2)
+    for sample in val_ds:
+        prob = probabilities(loaded.model, sample.image, loaded.mean, loaded.std, input_scale)
+        pred = prob.argmax(0)
+        truth = sample.mask
+        pix_err.append(float((pred != truth).mean()))
+        true_cells = label(truth == 1, connectivity=1)
+        pred_cells = label(pred == 1, connectivity=1)
+        are, _, _ = adapted_rand_error(true_cells, pred_cells, ignore_labels=(0,))
+        rand_err.append(float(are))
+        for c in (0, 1):
+            inter[c] += np.sum((pred == c) & (truth == c))
+            union[c] += np.sum((pred == c) | (truth == c))
+    iou = inter / np.maximum(union, 1)
+    return {
+        "pixel_error": float(np.mean(pix_err)),
+        "rand_error": float(np.mean(rand_err)),
+        "iou_membrane": float(iou[0]),
+        "iou_cell": float(iou[1]),
+        "mean_iou": float(iou.mean()),
+        "slices": len(pix_err),
+    }
+
+
+def score_drive(run: Path, test_ds, input_scale: float) -> dict[str, float]:
+    from sklearn.metrics import roc_auc_score
+
+    loaded = _load(run)
+    probs, truths = [], []
+    tp = fp = fn = correct = total = 0
+    for sample in test_ds:
+        prob = probabilities(loaded.model, sample.image, loaded.mean, loaded.std, input_scale)
+        inside = sample.mask != 255
+        truth = sample.mask[inside] == 1
+        p = prob[1][inside]
+        pred = prob.argmax(0)[inside] == 1
+        probs.append(p)
+        truths.append(truth)
+        tp += int(np.sum(pred & truth))
+        fp += int(np.sum(pred & ~truth))
+        fn += int(np.sum(~pred & truth))
+        correct += int(np.sum(pred == truth))
+        total += int(truth.size)
+    auc = roc_auc_score(np.concatenate(truths), np.concatenate(probs))
+    return {
+        "auc_roc": float(auc),
+        "dice": 2 * tp / max(1, 2 * tp + fp + fn),
+        "accuracy": correct / max(1, total),
+        "images": len(probs),
+    }
+
+
+def score_camvid(run: Path, val_ds, input_scale: float) -> dict[str, Any]:
+    from pixelwise.metrics import confusion_matrix, scores
+
+    loaded = _load(run)
+    c = loaded.classes.num_classes
+    cm = torch.zeros(c, c, dtype=torch.int64)
+    for sample in val_ds:
+        prob = probabilities(loaded.model, sample.image, loaded.mean, loaded.std, input_scale)
+        pred = torch.from_numpy(prob.argmax(0))
+        cm += confusion_matrix(pred, torch.from_numpy(sample.mask.astype(np.int64)), c, 255)
+    s = scores(cm)
+    return {
+        "global_accuracy": s["pixel_accuracy"],
+        "class_average_accuracy": s["mean_accuracy"],
+        "mean_iou": s["mean_iou"],
+        "iou": dict(zip(loaded.classes.names, s["iou"], strict=True)),
+        "images": len(val_ds),
+        "resolution": f"{val_ds[0].mask.shape[1]}x{val_ds[0].mask.shape[0]}",
+    }
+
+
+REFERENCES = {
+    "isbi": "U-Net (hidden test stack): Rand error 0.0382; goals: Rand <= 0.06, pixel error <= 0.07",
+    "drive": "retina-unet AUC 0.9790; MMSeg U-Net Dice 0.7867; goals: AUC >= 0.97, Dice >= 0.78",
+    "camvid": "SegNet-Basic (test) 82.8 / 62.3 / 46.3; goal: val mIoU >= 0.55 at 360x480",
+}
+
+
+def run_dataset(name: str, args: argparse.Namespace, recipe: dict[str, Any]) -> dict[str, Any]:
+    from pixelwise.data import open_dataset
+
+    out_root = Path(args.runs) / name
+    scale = float(recipe.get("input_scale", 1.0))
+    t0 = time.perf_counter()
+    result: dict[str, Any] = {"dataset": name, "minutes": args.minutes, "recipe": recipe,
+                              "seed": args.seed, "threads": torch.get_num_threads()}
+    if name == "isbi":
+        data = SHARED / "isbi2012"
+        folds = [int(f) for f in args.fold_list.split(",")] if args.fold_list else range(args.folds)
+        per_fold = args.minutes / len(folds)
+        fold_scores = []
+        for fold in folds:
+            data_args = {"folds": args.folds, "fold": fold}
+            val = open_dataset(data, "val", **data_args)
+            run, summary = _train(name, recipe, data, data_args, per_fold,
+                                  out_root / f"fold{fold}", args.seed, len(val), 512 * 512)
+            s = score_isbi(run, val, scale)
+            s.update(fold=fold, epochs=summary["epochs"], train_s=summary["wall_s"])
+            fold_scores.append(s)
+            print(f"  fold {fold}: {s}", file=sys.stderr, flush=True)
+        keys = ("pixel_error", "rand_error", "iou_membrane", "iou_cell", "mean_iou")
+        result.update({k: float(np.mean([f[k] for f in fold_scores])) for k in keys})
+        result["folds"] = fold_scores
+    elif name == "drive":
+        data = SHARED / "drive"
+        val = open_dataset(data, "val")
+        run, summary = _train(name, recipe, data, {}, args.minutes, out_root, args.seed,
+                              len(val), 565 * 584)
+        result.update(score_drive(run, open_dataset(data, "test"), scale))
+        result.update(epochs=summary["epochs"], train_s=summary["wall_s"])
+    else:
+        data = SHARED / "camvid"
+        val = open_dataset(data, "val")
+        run, summary = _train(name, recipe, data, {}, args.minutes, out_root, args.seed,
+                              len(val), int(360 * 480 * scale * scale))
+        result.update(score_camvid(run, val, scale))
+        result.update(epochs=summary["epochs"], train_s=summary["wall_s"])
+    result["total_s"] = round(time.perf_counter() - t0, 1)
+    result["reference"] = REFERENCES[name]
+    return result
+
+
+def _table(r: dict[str, Any]) -> str:
+    name = r["dataset"]
+    lines = [f"{name}: {r['minutes']} min budget, {r['total_s']:.0f} s used, {r['threads']} threads"]
+    if name == "isbi":
+        lines.append(f"  folds            {len(r['folds'])} (of {r['folds'][0].get('fold', 0)}..)")
+        for k in ("rand_error", "pixel_error", "iou_cell", "iou_membrane", "mean_iou"):
+            lines.append(f"  {k:<16} {r[k]:.4f}")
+    elif name == "drive":
+        for k in ("auc_roc", "dice", "accuracy"):
+            lines.append(f"  {k:<16} {r[k]:.4f}")
+        lines.append(f"  epochs           {r['epochs']}")
+    else:
+        for k in ("global_accuracy", "class_average_accuracy", "mean_iou"):
+            lines.append(f"  {k:<24} {r[k]:.4f}")
+        lines.append(f"  epochs                   {r['epochs']}  (scored at {r['resolution']})")
+        lines.append("  per-class IoU: " + ", ".join(f"{k} {v:.2f}" for k, v in r["iou"].items()))
+    lines.append(f"  reference: {r['reference']}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("dataset", choices=sorted(RECIPES))
+    p.add_argument("--minutes", type=float, required=True, help="CPU time budget for training")
+    p.add_argument("--folds", type=int, default=5, help="ISBI: k of the k-fold split")
+    p.add_argument("--fold-list", help="ISBI: comma-separated folds to run (default: all)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe entry (JSON value; dotted keys for model_args.*)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--runs", default=str(Path(os.environ.get("TMPDIR", "/tmp")) / "pw-accuracy"))
+    p.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    args = p.parse_args()
+    if not SHARED.is_dir():
+        raise SystemExit(f"{SHARED}: the shared datasets are not here; nothing to measure")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    recipe = copy.deepcopy(RECIPES[args.dataset])
+    for assignment in args.set:
+        _set(recipe, assignment)
+    result = run_dataset(args.dataset, args, recipe)
+    print(_table(result))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{args.dataset}.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out / f'{args.dataset}.json'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""Make the pictures of docs/gallery.md from one real, short run on the digits scenes.
+
+    nice -n 10 .venv/bin/python bench/gallery.py            # ~2 min on 2 CPU cores
+
+Trains a small U-Net on the embedded digits scenes (CPU), evaluates it, trains the heatmap patch
+classifier, and copies into docs/images/gallery/: the training curves (loss, validation metrics,
+IoU per class in the class colours), the validation overlays of the first and last epochs, the
+confusion matrix, the class pixel frequencies of the training scenes, the heatmap figure, and the
+web page screenshot (docs/images/serve.png, made by tests/serve/test_browser.py against this
+run when /usr/bin/chromium and playwright are available). Prints what it measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+GALLERY = ROOT / "docs" / "images" / "gallery"
+SCREENSHOT = ROOT / "docs" / "images" / "serve.png"
+
+CONFIG = {
+    "data": "digits",
+    "data_args": {"num_images": 600, "digits_per_image": [4, 8]},
+    "model": "unet_same",
+    "model_args": {"base_width": 12, "depth": 3},
+    "epochs": 5,
+    "batch_size": 8,
+    "lr": 5e-3,
+    "optimizer": "adamw",
+    "weight_decay": 1e-4,
+    "schedule": "cosine",
+    "crop_size": 64,
+    "scale_min": 1.0,
+    "scale_max": 1.0,
+    "class_weights": "auto",
+    "hflip": False,
+    "overlays": 3,
+    "device": "cpu",
+    "seed": 0,
+}
+
+
+def _copy(src: Path, name: str) -> Path:
+    dest = GALLERY / name
+    shutil.copyfile(src, dest)
+    return dest
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", help="folder for the run (default: a temporary folder)")
+    parser.add_argument("--no-screenshot", action="store_true")
+    args = parser.parse_args()
+
+    from pixelwise.data.digits import DigitsScenes
+    from pixelwise.evaluate import evaluate_run
+    from pixelwise.heatmap import heatmap_command
+    from pixelwise.plots import plot_class_frequencies
+    from pixelwise.train import TrainConfig, train
+
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="pixelwise-gallery-"))
+    run = work / "run"
+    GALLERY.mkdir(parents=True, exist_ok=True)
+    written = []
+
+    t0 = time.perf_counter()
+    summary = train(TrainConfig.from_dict({**CONFIG, "out": str(run), "overwrite": True}))
+    t_train = time.perf_counter() - t0
+    report = evaluate_run(run, "digits", "val", device="cpu")
+    written.append(_copy(run / "curves.png", "curves.png"))
+    overlays = sorted((run / "overlays").glob("epoch_*.png"))
+    written.append(_copy(overlays[0], "overlays_first_epoch.png"))
+    written.append(_copy(overlays[-1], "overlays_last_epoch.png"))
+    written.append(_copy(run / "confusion_val.png", "confusion_val.png"))
+
+    train_set = DigitsScenes("train", seed=0, **{**CONFIG["data_args"], "num_images": 200})
+    counts = np.zeros(train_set.classes.num_classes, dtype=np.int64)
+    for sample in train_set:
+        counts += np.bincount(sample.mask.ravel(), minlength=256)[: len(counts)]
+    written.append(
+        plot_class_frequencies(
+            counts,
+            train_set.classes,
+            GALLERY / "class_frequencies.png",
+            "digits scenes (200 training images): class pixel frequencies",
+        )
+    )
+
+    t1 = time.perf_counter()
+    heat = heatmap_command(None, None, work / "heatmap", epochs=4, seed=0)
+    t_heat = time.perf_counter() - t1
+    figure = next(p for p in heat if p.name == "heatmap.png")
+    written.append(_copy(figure, "heatmap.png"))
+
+    shot = "skipped"
+    if not args.no_screenshot:
+        env = {**os.environ, "PIXELWISE_SCREENSHOT": str(SCREENSHOT)}
+        env["PIXELWISE_SERVE_RUN"] = str(run)
+        test = ROOT / "tests" / "serve" / "test_browser.py"
+        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:xdist", str(test), "-k", "upload"]
+        result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+        lines = result.stdout.strip().splitlines()
+        shot = lines[-1] if lines else f"pytest exit status {result.returncode}"
+    if SCREENSHOT.is_file():
+        written.append(_copy(SCREENSHOT, "serve.png"))
+
+    print(f"run: {run} ({summary['epochs']} epochs, {t_train:.0f} s training on the CPU)")
+    print(
+        f"val mean IoU {report['mean_iou']:.4f}, pixel accuracy {report['pixel_accuracy']:.4f} "
+        f"(digits val scenes)"
+    )
+    print(f"heatmap classifier + figure: {t_heat:.0f} s")
+    print(f"browser screenshot: {shot}")
+    for path in written:
+        print(f"wrote {path.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,361 @@
+"""Checking a dataset before training on it: every file of every split is read, every problem
+is listed with its file (``pixelwise data check DIR``; ``pixelwise train`` runs it first).
+
+Problems found: unreadable, empty (0-byte), truncated or non-image files (e.g. a text file
+named .png); image/mask size mismatches; label values outside the classes; colour-coded masks
+with a colour that is no class colour; images without a mask and masks without an image; two
+files with one name stem; byte-identical images under different names. Listing is lenient, so
+one bad file does not hide the others. The report also counts samples per split, image sizes,
+image and mask modes, and the pixels of each class.
+
+A passing report can be cached (``cache=True``, what ``train`` does): it is keyed by the paths,
+sizes and mtimes of every file, so re-checking an unchanged dataset costs one ``stat`` per file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from pixelwise.data import cache as _cache
+from pixelwise.data.base import apply_valid_mask
+from pixelwise.data.classes import ClassInfo
+from pixelwise.data.io import read_image, read_mask
+from pixelwise.data.layouts import (
+    Pair,
+    Problem,
+    label_map_text,
+    make_layout,
+    merge_label_maps,
+    parse_label_map,
+    paths_of,
+)
+from pixelwise.errors import ConfigError, DataError
+
+__all__ = ["CheckReport", "check_dataset"]
+
+Progress = Callable[[Iterable], Iterator]
+
+
+@dataclass
+class CheckReport:
+    """What :func:`check_dataset` found. ``problems`` empty <=> ``ok``.
+
+    ``class_pixels[i]``: pixels of class i over every distinct pair read (after the label map;
+    ``ignored_pixels`` counts the ignore index); ``image_sizes``: ``{"min", "max",
+    "most_common": "WxH", "most_common_count", "distinct"}`` (smallest/largest by area);
+    ``image_modes`` / ``mask_modes``: Pillow mode -> number of files; ``image_channels``:
+    natural channel count ("1" gray, "3" colour) -> number of images.
+    """
+
+    root: str
+    layout: str
+    splits: dict[str, int]
+    pairs: int
+    classes: ClassInfo | None
+    label_map: str
+    class_pixels: list[int]
+    ignored_pixels: int
+    image_sizes: dict[str, Any]
+    image_modes: dict[str, int]
+    mask_modes: dict[str, int]
+    image_channels: dict[str, int] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    from_cache: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def frequencies(self) -> list[float]:
+        """Share of the labelled pixels per class (sums to 1; zeros when nothing is labelled)."""
+        total = sum(self.class_pixels)
+        return [c / total if total else 0.0 for c in self.class_pixels]
+
+    def relative(self, path: str) -> str:
+        """``path`` relative to the dataset root when inside it."""
+        return _relative(path, self.root)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["classes"] = self.classes.to_dict() if self.classes is not None else None
+        d["problems"] = [{"path": p.path, "problem": p.problem} for p in self.problems]
+        d["frequencies"] = self.frequencies
+        d["ok"] = self.ok
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> CheckReport:
+        d = dict(d)
+        d.pop("frequencies", None)
+        d.pop("ok", None)
+        d["classes"] = ClassInfo.from_dict(d["classes"]) if d.get("classes") else None
+        d["problems"] = [Problem(p["path"], p["problem"]) for p in d.get("problems", [])]
+        return cls(**d)
+
+    def format(self) -> str:
+        """The report as text (tables, notes, then every problem, one per line)."""
+        lines = [f"dataset  {self.root}  ({self.layout} layout)"]
+        split_text = ", ".join(f"{s} {n}" for s, n in self.splits.items()) or "none"
+        lines.append(f"splits   {split_text}  ({self.pairs} distinct pairs read)")
+        s = self.image_sizes
+        if s.get("distinct"):
+            lines.append(
+                f"sizes    min {s['min']}, max {s['max']}, most common {s['most_common']} "
+                f"({s['most_common_count']} images; {s['distinct']} distinct size(s))"
+            )
+        modes = ", ".join(f"{m} {n}" for m, n in sorted(self.image_modes.items()))
+        mmodes = ", ".join(f"{m} {n}" for m, n in sorted(self.mask_modes.items()))
+        chans = ", ".join(f"{c}-channel {n}" for c, n in sorted(self.image_channels.items()))
+        lines.append(f"modes    images: {modes or '-'} ({chans or '-'}); masks: {mmodes or '-'}")
+        if self.label_map:
+            shown = self.label_map if len(self.label_map) <= 80 else self.label_map[:77] + "..."
+            lines.append(f"labels   map {shown}")
+        if self.classes is not None:
+            names = list(self.classes.names)
+            width = max(len("class"), *(len(n) for n in names), len("(ignored)"))
+            lines += ["", f"{'class':<{width}}  {'pixels':>14}  {'share':>7}"]
+            for name, n, f in zip(names, self.class_pixels, self.frequencies, strict=True):
+                lines.append(f"{name:<{width}}  {n:>14,}  {100 * f:>6.2f}%")
+            lines.append(f"{'(ignored)':<{width}}  {self.ignored_pixels:>14,}")
+        for note in self.notes:
+            lines.append(f"note: {note}")
+        lines.append("")
+        if self.ok:
+            lines.append("no problems found")
+        else:
+            lines.append(f"{len(self.problems)} problem(s):")
+            lines += [f"  {self.relative(p.path)}: {p.problem}" for p in self.problems]
+        return "\n".join(lines)
+
+    def summary(self, limit: int = 3) -> str:
+        """One line: how many problems, the first ``limit``, and what to run for the rest."""
+        n = len(self.problems)
+        shown = "; ".join(f"{self.relative(p.path)}: {p.problem}" for p in self.problems[:limit])
+        more = ", e.g." if n > limit else ":"
+        return (
+            f"{n} problem(s) in the data{more} {shown}; run 'pixelwise data check {self.root}' "
+            "for the full list (or pass --no-check to train anyway)"
+        )
+
+
+def _relative(path: str | Path, root: str | Path) -> str:
+    try:
+        return str(Path(path).relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+@dataclass
+class _Acc:
+    problems: list[Problem] = field(default_factory=list)
+    hist: np.ndarray = field(default_factory=lambda: np.zeros(256, dtype=np.int64))
+    sizes: Counter = field(default_factory=Counter)
+    image_modes: Counter = field(default_factory=Counter)
+    mask_modes: Counter = field(default_factory=Counter)
+    channels: Counter = field(default_factory=Counter)
+    digests: dict[bytes, list[Path]] = field(default_factory=dict)
+
+    def problem(self, path: str | Path, text: str) -> None:
+        self.problems.append(Problem(str(path), _one_line(text)))
+
+
+def _mode(path: Path) -> str:
+    try:
+        with Image.open(path) as im:
+            return im.mode
+    except Exception:  # only called after a successful read; be safe anyway
+        return "?"
+
+
+def _read_pair(
+    pair: Pair, classes: ClassInfo | None, label_map: dict[int, int] | None, acc: _Acc
+) -> None:
+    image = mask = None
+    try:
+        image = read_image(pair.image)
+        acc.image_modes[_mode(pair.image)] += 1
+        h, w = image.shape[:2]
+        acc.sizes[(w, h)] += 1
+        acc.channels[str(image.shape[2])] += 1
+        digest = hashlib.blake2b(pair.image.read_bytes(), digest_size=16).digest()
+        acc.digests.setdefault(digest, []).append(pair.image)
+    except DataError as e:
+        acc.problem(e.path, e.problem)
+    except OSError as e:
+        acc.problem(pair.image, f"cannot read ({e})")
+    try:
+        mask = read_mask(pair.mask, classes, label_map)
+        acc.mask_modes[_mode(pair.mask)] += 1
+    except DataError as e:
+        acc.problem(e.path, e.problem)
+    except ConfigError as e:  # e.g. an unusable label map for this mask
+        acc.problem(pair.mask, str(e))
+    if image is not None and mask is not None and image.shape[:2] != mask.shape:
+        (h, w), (mh, mw) = image.shape[:2], mask.shape
+        hint = "; the sizes are transposed: check EXIF orientation" if (h, w) == (mw, mh) else ""
+        acc.problem(
+            pair.image, f"image is {w}x{h} but its mask {pair.mask.name} is {mw}x{mh}{hint}"
+        )
+        mask = None
+    if mask is not None and pair.valid is not None:
+        try:
+            mask = apply_valid_mask(mask, pair.valid, 255, pair.mask)
+        except DataError as e:
+            acc.problem(e.path, e.problem)
+            mask = None
+    if mask is not None:
+        acc.hist += np.bincount(mask.ravel(), minlength=256)
+
+
+def _lut(label_map: Mapping[int, int]) -> np.ndarray:
+    table = np.arange(256)
+    for k, v in label_map.items():
+        if k < 256:
+            table[k] = v
+    return table
+
+
+def _sizes(sizes: Counter) -> dict[str, Any]:
+    if not sizes:
+        return {"distinct": 0}
+    by_area = sorted(sizes, key=lambda wh: (wh[0] * wh[1], wh))
+    common, count = sizes.most_common(1)[0]
+
+    def fmt(wh: tuple[int, int]) -> str:
+        return f"{wh[0]}x{wh[1]}"
+
+    return {
+        "min": fmt(by_area[0]),
+        "max": fmt(by_area[-1]),
+        "most_common": fmt(common),
+        "most_common_count": count,
+        "distinct": len(sizes),
+    }
+
+
+def check_dataset(
+    root: str | Path,
+    format: str | None = None,
+    label_map: str | Mapping[Any, Any] | None = None,
+    progress: Progress | None = None,
+    *,
+    splits: Iterable[str] | None = None,
+    classes: ClassInfo | None = None,
+    limit: int | None = None,
+    cache: bool = False,
+    **options: Any,
+) -> CheckReport:
+    """Read every (image, mask) pair of every split of the dataset at ``root`` and report.
+
+    ``format``/``label_map``/``classes``/``limit``/``options`` (``val_fraction``, ``folds``,
+    ...) mean what they mean for :func:`pixelwise.data.open_dataset`; ``splits`` restricts the
+    check (default: all); ``progress`` wraps the iterable of pairs (a tqdm bar). A folder that
+    is no dataset at all raises DataError; problems *in* a dataset are collected, not raised.
+    Never prints.
+    """
+    user_map = parse_label_map(label_map)
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ConfigError(f"--data-arg limit={limit!r}: must be a positive integer")
+    layout = make_layout(root, format, **options)
+    listing: list[Problem] = []
+    per_split: dict[str, int] = {}
+    entries: dict[tuple[Path, Path], Pair] = {}
+    for split in list(splits) if splits is not None else layout.splits():
+        found = layout.find(split, listing)
+        if limit is not None:
+            found = found[:limit]
+        per_split[split] = len(found)
+        for p in found:
+            entries.setdefault((p.image, p.mask), p)
+    problems = list(dict.fromkeys(Problem(p.path, _one_line(p.problem)) for p in listing))
+    pairs = list(entries.values())
+    try:
+        declared = classes or layout.declared_classes()
+    except DataError as e:  # e.g. a malformed classes.txt: a problem, and labels stay unknown
+        problems.append(Problem(e.path, _one_line(e.problem)))
+        declared = None
+        classes = None
+    base_map = layout.base_label_map(declared) if declared is not None else None
+    first_map = merge_label_maps(base_map, user_map)
+
+    key = None
+    if cache and not problems:
+        try:
+            files = _cache.file_signature(paths_of(pairs) + layout.extra_files())
+            key = _cache.cache_key(
+                "check",
+                layout.name,
+                str(layout.root.absolute()),
+                files,
+                label_map_text(user_map),
+                classes.to_dict() if classes is not None else None,
+                sorted(options.items()),
+                per_split,
+            )
+        except OSError:
+            key = None
+        entry = _cache.load("check", key) if key else None
+        if entry is not None:
+            try:
+                report = CheckReport.from_dict(entry)
+            except (ConfigError, KeyError, TypeError):
+                report = None
+            if report is not None and report.ok:
+                report.from_cache = True
+                return report
+
+    acc = _Acc(problems=problems)
+    for pair in progress(pairs) if progress else pairs:
+        _read_pair(pair, declared, first_map, acc)
+    for same in acc.digests.values():
+        first = _relative(same[0], layout.root)
+        for p in same[1:]:
+            acc.problem(p, f"byte-identical to {first} (a duplicate under another name)")
+
+    final_classes: ClassInfo | None = None
+    notes: list[str] = []
+    effective = first_map
+    seen = acc.hist > 0
+    try:
+        final_classes, effective, notes = layout.labels(classes, user_map, seen=seen)
+    except DataError as e:
+        acc.problem(e.path, e.problem)
+    hist = acc.hist
+    if effective != first_map and effective is not None:  # e.g. 0/255 masks read as binary
+        extra = {k: v for k, v in effective.items() if (first_map or {}).get(k) != v}
+        hist = np.bincount(_lut(extra), weights=hist, minlength=256).astype(np.int64)
+    n = final_classes.num_classes if final_classes is not None else 0
+    ignore = final_classes.ignore_index if final_classes is not None else 255
+    report = CheckReport(
+        root=str(layout.root),
+        layout=layout.name,
+        splits=per_split,
+        pairs=len(pairs),
+        classes=final_classes,
+        label_map=label_map_text(effective),
+        class_pixels=[int(v) for v in hist[:n]],
+        ignored_pixels=int(hist[ignore]),
+        image_sizes=_sizes(acc.sizes),
+        image_modes=dict(acc.image_modes),
+        mask_modes=dict(acc.mask_modes),
+        image_channels=dict(acc.channels),
+        problems=list(dict.fromkeys(acc.problems)),
+        notes=notes,
+    )
+    if key is not None and report.ok:
+        _cache.save("check", key, report.to_dict())
+    return report

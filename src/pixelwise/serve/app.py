@@ -1,0 +1,290 @@
+"""``pixelwise serve``: a small web page and HTTP API that label uploaded images.
+
+Starlette (ASGI routing, requests, responses) + uvicorn (the server). Routes:
+
+- ``GET /``: the page (``static/index.html``, ``app.js``, ``style.css``; no external resource).
+- ``GET /api/info``: ``{model, run, checkpoint, in_channels, tile, max_bytes, classes: [{index,
+  name, color}]}``.
+- ``POST /predict``: the image as multipart field ``image`` or as the raw body. Answers
+  ``{width, height, classes: [{index, name, color, pixels, share}], mask_png}`` (``mask_png``:
+  base64 palette PNG of class indices) or, with ``?format=png`` or ``Accept: image/png``, the
+  PNG itself. 413 over the size limit, 400 for anything that is not a readable image; errors are
+  ``{"error": message}``.
+
+Nothing is written to disk from a request (uploads are decoded in memory; Starlette may spool a
+large multipart part to an anonymous temporary file), and no file name from a request is used.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import threading
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from pixelwise import __version__
+from pixelwise.data.classes import ClassInfo
+from pixelwise.data.io import _GRAY_MODES, _gray8, _luminance, _palette_is_gray, _rgb8
+from pixelwise.predict import Segmenter
+
+__all__ = ["UploadError", "create_app", "decode_image", "mask_png", "run_server"]
+
+STATIC = Path(__file__).resolve().parent / "static"
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+class UploadError(Exception):
+    """A request the server refuses: ``status`` (400 or 413) and a one-line message."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def decode_image(data: bytes, channels: int) -> np.ndarray:
+    """Bytes of an image file -> ``uint8 (H, W, channels)``, converted as ``read_image`` does
+    (EXIF orientation applied, alpha dropped, 16-bit scaled). ``UploadError(400)`` otherwise."""
+    if not data:
+        raise UploadError(400, "empty upload: send an image file (PNG, JPEG, ...)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            img = Image.open(io.BytesIO(data))
+        except UnidentifiedImageError:
+            raise UploadError(
+                400, "not an image: the upload is not in a format Pillow can read (PNG, JPEG, ...)"
+            ) from None
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise UploadError(400, "image has too many pixels (decompression-bomb guard)") from None
+        except (OSError, SyntaxError, ValueError) as err:
+            raise UploadError(400, f"cannot open the image ({err})") from None
+        try:
+            img.load()
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise UploadError(400, "image has too many pixels (decompression-bomb guard)") from None
+        except (OSError, SyntaxError, ValueError, EOFError) as err:
+            raise UploadError(400, f"truncated or corrupt image data ({err})") from None
+    try:
+        if img.getexif().get(0x0112, 1) != 1:
+            img = ImageOps.exif_transpose(img) or img
+    except Exception:  # a malformed EXIF block must not make a readable image unreadable
+        pass
+    mode = img.mode
+    path = Path("upload")
+    gray = mode in _GRAY_MODES or (mode in ("P", "PA") and _palette_is_gray(img))
+    try:
+        if gray:
+            g = _gray8(img if mode not in ("P", "PA") else img.convert("L"), path)
+            return g[:, :, None] if channels == 1 else np.repeat(g[:, :, None], 3, axis=2)
+        rgb = _rgb8(img, path)
+    except Exception as err:  # unusual modes: DataError / ValueError from Pillow
+        raise UploadError(400, f"unsupported image ({err}); send an RGB or grayscale PNG") from None
+    return rgb if channels == 3 else _luminance(rgb)[:, :, None]
+
+
+def mask_png(mask: np.ndarray, classes: ClassInfo) -> bytes:
+    """``(H, W)`` class indices -> bytes of a palette PNG coloured by ``classes``."""
+    h, w = mask.shape
+    img = Image.frombytes("P", (w, h), np.ascontiguousarray(mask, dtype=np.uint8).tobytes())
+    img.putpalette(classes.palette())
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _class_table(classes: ClassInfo, counts: np.ndarray | None = None) -> list[dict[str, Any]]:
+    total = float(counts.sum()) if counts is not None else 0.0
+    rows = []
+    for i, (name, color) in enumerate(zip(classes.names, classes.colors, strict=True)):
+        row: dict[str, Any] = {"index": i, "name": name, "color": list(color)}
+        if counts is not None:
+            row["pixels"] = int(counts[i])
+            row["share"] = float(counts[i]) / total if total else 0.0
+        rows.append(row)
+    return rows
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+async def _read_body(request: Request, max_bytes: int) -> bytes:
+    """The request body, refusing (413) anything over ``max_bytes`` before reading it all."""
+    limit_text = f"the limit is {max_bytes / 1e6:g} MB (pixelwise serve --max-mb)"
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            size = int(declared)
+        except ValueError:
+            raise UploadError(400, "invalid Content-Length header") from None
+        if size > max_bytes:
+            raise UploadError(413, f"upload of {size / 1e6:.1f} MB is too large: {limit_text}")
+    chunks, size = [], 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_bytes:
+                raise UploadError(413, f"upload is too large: {limit_text}")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise UploadError(400, "the client disconnected during the upload") from None
+    return b"".join(chunks)
+
+
+async def _image_bytes(request: Request, max_bytes: int) -> bytes:
+    """The uploaded file: multipart field ``image`` (or the only file field), else the body."""
+    body = await _read_body(request, max_bytes)
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        return body
+
+    async def replay() -> dict[str, Any]:
+        nonlocal body
+        chunk, body = body, b""
+        return {"type": "http.request", "body": chunk, "more_body": False}
+
+    try:
+        form = await Request(request.scope, replay).form(
+            max_files=4, max_fields=16, max_part_size=max_bytes
+        )
+    except Exception as err:  # MultiPartException and parser errors
+        raise UploadError(400, f"malformed multipart upload ({err})") from None
+    try:
+        item = form.get("image")
+        if item is None or isinstance(item, str):
+            files = [v for _, v in form.multi_items() if not isinstance(v, str)]
+            if not files:
+                raise UploadError(400, "multipart upload has no file field 'image'")
+            item = files[0]
+        return await item.read()
+    finally:
+        await form.close()
+
+
+def create_app(
+    segmenter: Segmenter,
+    *,
+    max_bytes: int = 20_000_000,
+    tile: int | None = 512,
+    info: dict[str, Any] | None = None,
+) -> Starlette:
+    """The ASGI app serving ``segmenter``. ``tile``: images larger than this on a side are
+    predicted tile by tile (``Segmenter.predict(image, tile=...)``); ``info`` adds fields
+    (model name, run) to ``GET /api/info``."""
+    classes = segmenter.classes
+    lock = threading.Lock()  # one prediction at a time: bounded memory, torch threads not shared
+    meta = {
+        "pixelwise_version": __version__,
+        "in_channels": segmenter.in_channels,
+        "tile": tile,
+        "max_bytes": max_bytes,
+        **(info or {}),
+        "classes": _class_table(classes),
+    }
+
+    def predict(image: np.ndarray) -> np.ndarray:
+        with lock:
+            if tile and max(image.shape[:2]) > tile:
+                return segmenter.predict(image, tile=tile)
+            return segmenter.predict(image)
+
+    async def index(request: Request) -> Response:
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    async def api_info(request: Request) -> Response:
+        return JSONResponse(meta)
+
+    async def api_predict(request: Request) -> Response:
+        fmt = request.query_params.get("format", "")
+        if fmt not in ("", "json", "png"):
+            return _error(400, f"format={fmt!r}: use 'json' (the default) or 'png'")
+        accept = request.headers.get("accept", "")
+        want_png = fmt == "png" or (not fmt and "image/png" in accept and "json" not in accept)
+        try:
+            data = await _image_bytes(request, max_bytes)
+            image = decode_image(data, segmenter.in_channels)
+        except UploadError as err:
+            return _error(err.status, err.message)
+        mask = await run_in_threadpool(predict, image)
+        png = mask_png(mask, classes)
+        if want_png:
+            return Response(png, media_type="image/png")
+        counts = np.bincount(mask.ravel(), minlength=classes.num_classes)
+        return JSONResponse(
+            {
+                "width": int(mask.shape[1]),
+                "height": int(mask.shape[0]),
+                "classes": _class_table(classes, counts[: classes.num_classes]),
+                "mask_png": base64.b64encode(png).decode("ascii"),
+            }
+        )
+
+    async def not_allowed(request: Request) -> Response:
+        return _error(405, "use POST with an image (multipart field 'image' or the raw body)")
+
+    routes = [
+        Route("/", index),
+        Route("/api/info", api_info),
+        Route("/predict", api_predict, methods=["POST"]),
+        Route("/predict", not_allowed, methods=["GET"]),
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
+    ]
+    return Starlette(routes=routes)
+
+
+def run_server(
+    run: str | Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    max_mb: float = 20.0,
+    tile: int | None = 512,
+    checkpoint: str = "best",
+    device: str = "auto",
+    log: Callable[[str], None] | None = None,
+) -> None:
+    """Load ``run`` and serve it until interrupted (blocks). ``log`` gets one-line notices."""
+    import uvicorn
+
+    from pixelwise.errors import ConfigError
+    from pixelwise.runs import load_run
+
+    if not max_mb > 0:
+        raise ConfigError(f"--max-mb: must be positive, got {max_mb}")
+    if tile is not None and tile < 32:
+        raise ConfigError(f"--tile: must be at least 32 pixels (or 0 for no tiling), got {tile}")
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"--port: must be in 0..65535, got {port}")
+    say = log or (lambda _m: None)
+    loaded = load_run(run, checkpoint)
+    segmenter = Segmenter.from_run(loaded, device=device)
+    app = create_app(
+        segmenter,
+        max_bytes=int(max_mb * 1e6),
+        tile=tile,
+        info={
+            "model": loaded.config["model"]["name"],
+            "run": Path(run).name,
+            "checkpoint": checkpoint,
+            "epoch": loaded.info.get("epoch"),
+        },
+    )
+    if host not in LOOPBACK:
+        say(
+            f"warning: --host {host} makes the server reachable from other machines; it has no "
+            "authentication (use the default 127.0.0.1 unless you mean it)"
+        )
+    say(f"serving {run} at http://{host}:{port}/ (Ctrl-C to stop)")
+    uvicorn.run(app, host=host, port=port, log_level="info", server_header=False)
