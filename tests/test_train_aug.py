@@ -23,6 +23,7 @@ TINY = {
     "device": "cpu",
     "epochs": 1,
     "check_data": False,  # the digits folder is known good; skip reading every file first
+    "data_args": {"limit": 12},  # 3 batches per epoch
 }
 
 
@@ -80,7 +81,7 @@ def test_same_weights_with_persistent_workers(digits_folder, tmp_path):
 def test_cache_auto_logs_its_choice(digits_folder, tmp_path):
     _, logs = run(digits_folder, tmp_path / "a")
     line = next(line for line in logs if line.startswith("image cache"))
-    assert "(auto)" in line and "MiB for 24 images" in line and "available" in line
+    assert "(auto)" in line and "MiB for 12 images" in line and "available" in line
 
 
 @pytest.mark.parametrize(

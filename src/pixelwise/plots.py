@@ -103,7 +103,7 @@ def plot_curves(
     ):
         axes[1].plot(epochs, col(key), "o-", label=label)
     axes[1].set(title="Validation", xlabel="epoch", ylim=(0, 1))
-    axes[1].legend(loc="lower right")
+    axes[1].legend(loc="best")
     cmap = plt.get_cmap("tab20")
     outline = [patheffects.Stroke(linewidth=3.2, foreground="0.55"), patheffects.Normal()]
     for i, name in enumerate(class_names):
@@ -122,7 +122,9 @@ def plot_curves(
                     path_effects=outline,
                 )
     axes[2].set(title="Validation IoU per class", xlabel="epoch", ylim=(0, 1))
-    axes[2].legend(fontsize=7, ncol=2, loc="lower right")
+    if class_names:  # beside the plot: low IoU curves are where a legend inside would sit
+        ncol = 1 if len(class_names) <= 14 else 2
+        axes[2].legend(fontsize=7, ncol=ncol, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     for ax in axes:
         ax.grid(alpha=0.3)
     return _save(fig, path)

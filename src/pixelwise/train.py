@@ -389,9 +389,9 @@ def train(
     try:
         with _stop_on_signals() as stop:
             return _train(config, progress, log, dist, device, stop, made)
-    except PixelwiseError:
-        # bad data found while training (e.g. with the data check off) before anything was
-        # committed: leave no half-made run directory behind
+    except (PixelwiseError, KeyboardInterrupt):
+        # bad data found while training (e.g. with the data check off), or Ctrl-C, before
+        # anything was committed: leave no half-made run directory behind
         if made and dist.is_main and not (made[0] / "resume.json").exists():
             shutil.rmtree(made[0], ignore_errors=True)
         raise
@@ -606,8 +606,7 @@ def _train(
             stop.signum or signal.SIGINT,
         )
 
-    if stop.requested:
-        raise KeyboardInterrupt("interrupted before training started; nothing was saved")
+    stop.armed = True
     for epoch in range(loop.epoch, config.epochs + 1):
         first = loop.batch if epoch == loop.epoch else 0
         train_set.set_epoch(epoch)
@@ -955,6 +954,7 @@ class _StopFlag:
 
     signum: int = 0
     at: float = 0.0
+    armed: bool = False  # False until the training loop runs: a signal stops at once
 
     @property
     def requested(self) -> bool:
@@ -973,6 +973,8 @@ def _stop_on_signals() -> Iterator[_StopFlag]:
 
     def handler(signum: int, _frame: Any) -> None:
         now = time.monotonic()
+        if not flag.armed:  # nothing trained yet: nothing to save
+            raise KeyboardInterrupt("interrupted before training started; nothing was saved")
         if not flag.signum:
             flag.signum, flag.at = signum, now
         elif now - flag.at > 2.0:  # a repeat within 2 s is the same request (torchrun relays it)
