@@ -223,11 +223,10 @@ def make_call(
     if engine in ("inference", "cl"):
         fmt = torch.channels_last if engine == "cl" else torch.contiguous_format
         net = model if engine == "inference" else _copy_to(model, fmt)
-        xf = x.contiguous(memory_format=fmt)
 
-        def plain() -> Tensor:
+        def plain() -> Tensor:  # the format change after forward_full's mirror padding
             with torch.inference_mode():
-                return forward_full(net, xf)
+                return forward_full(model, x, net=lambda t: net(t.contiguous(memory_format=fmt)))
 
         return plain
     if engine in ("fast", "compile"):
@@ -262,6 +261,7 @@ class Entry:
     call: Callable[[], Any]
     times: list[float] = field(default_factory=list)
     output: Tensor | None = None
+    first: float = float("nan")  # seconds of the first (warm-up) call: compilation shows here
 
 
 def matmul_call() -> Callable[[], Tensor]:
@@ -274,8 +274,11 @@ def matmul_call() -> Callable[[], Tensor]:
 def round_robin(entries: list[Entry], repeats: int, warmup: int, say: Callable) -> None:
     """Warm every entry up, then time ``repeats`` rounds of one call per entry."""
     for e in entries:
-        for _ in range(warmup):
+        for i in range(warmup):
+            t0 = time.perf_counter()
             e.output = e.call()
+            if i == 0:
+                e.first = time.perf_counter() - t0
     for r in range(repeats):
         say(f"round {r + 1}/{repeats}")
         for e in entries:
@@ -507,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
     out: dict[str, Any] = {"environment": env, "args": _jsonable(vars(args))}
     if args.amp_check:
         out["amp_check"] = amp_check(args.amp_epochs, args.amp_images, args.amp_modes, say)
-    if not args.train_only and args.models:
+    if not args.train_only and (args.models or args.peers != "off"):
         out.update(inference(args, threads, say))
     if args.train or args.train_only:
         out.update(training(args, say))
@@ -597,6 +600,7 @@ def inference(args: argparse.Namespace, threads: int, say: Callable) -> dict[str
                 "gmac": info[k]["macs"] / 1e9,
                 "seconds": t,
                 "seconds_min": min(e.times),
+                "first_call_seconds": e.first,
                 "times": e.times,
                 "images_per_s": 1 / t,
                 "gflops": 2 * info[k]["macs"] / t / 1e9,

@@ -1,9 +1,11 @@
 """Data-parallel training under torchrun (CPU, gloo) equals one process; sharded prediction.
 
-Measured tolerance (this machine, tiny BN-free U-Net, 2 epochs of 6 steps, 2 processes vs 1):
-per-epoch train loss differs by about 1e-7 relative (gradients are averaged across processes in
-another summation order), weights by about 1e-6; validation metrics are identical. The test
-allows 1e-5 relative on the loss and 1e-4 on the weights, and 1e-6 on the validation metrics.
+Measured tolerance (this machine, tiny BN-free U-Net, fp32 (``--amp off``), 2 epochs of 6 steps,
+2 processes vs 1): the per-epoch train loss differs by 8e-8 relative (gradients are averaged
+across processes in another summation order), the weights by 1.2e-6; the validation metrics are
+identical. The test allows 1e-5 relative on the loss, 1e-4 on the weights and 1e-6 on the
+validation metrics. (With bf16 autocast, the CPU default where the CPU has native bf16, the loss
+differs by about 3e-5 relative: too coarse for this comparison.)
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ OPTIONS = [
     "--model-arg", "batch_norm=false", "--batch-size", "4", "--crop-size", "32",
     "--scale", "1", "1", "--no-hflip", "--optimizer", "sgd", "--lr", "0.05",
     "--schedule", "poly", "--device", "cpu", "--threads", "1", "--epochs", "2",
-    "--deterministic",
+    "--deterministic", "--amp", "off",
 ]  # fmt: skip
 
 

@@ -364,7 +364,7 @@ def test_bf16_autocast_trains_on_cpu(four_images, tmp_path):
 
 
 def test_amp_and_accumulate_options_are_checked():
-    from pixelwise.train import TrainConfig, _amp_dtype
+    from pixelwise.train import TrainConfig, _amp_dtype, _cpu_has_bf16
 
     with pytest.raises(ConfigError, match="--amp"):
         TrainConfig(amp="fp8").validate()
@@ -374,3 +374,4 @@ def test_amp_and_accumulate_options_are_checked():
     assert _amp_dtype("off", cpu) is None
     assert _amp_dtype("bf16", cpu) == torch.bfloat16
     assert _amp_dtype("fp16", torch.device("cuda")) == torch.float16
+    assert _amp_dtype("auto", cpu) == (torch.bfloat16 if _cpu_has_bf16() else None)

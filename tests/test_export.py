@@ -145,13 +145,42 @@ def test_docs_recipe_for_valid_unet_reproduces_predict(tmp_path):
     np.testing.assert_array_equal(mask, seg.predict(image))
 
 
-def test_verification_failure_raises_and_leaves_no_file(tmp_path, monkeypatch):
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_verification_failure_raises_and_leaves_no_file(tmp_path, monkeypatch, fmt):
+    """An exporter that writes slightly wrong weights (one conv bias off by 5%)."""
     run = make_run(tmp_path, "segnet_basic")
     out = tmp_path / "out" / "m.onnx"
-    monkeypatch.setattr(ex, "LOGIT_TOLERANCE", -1.0)  # nothing can pass
-    with pytest.raises(ConfigError, match="disagrees with the model"):
-        export_run(run, out)
+
+    def corrupted(model):
+        net = exportable(model)
+        with torch.no_grad():
+            net.classifier.bias.mul_(1.05).add_(0.05)
+        return net
+
+    monkeypatch.setattr(ex, "exportable", corrupted)
+    with pytest.raises(ConfigError, match="disagrees with the model.*nothing was written"):
+        export_run(run, out, fmt)
     assert not out.exists() and list(out.parent.iterdir()) == []
+
+
+def test_rounding_amplified_by_unpooling_is_judged_against_float64(tmp_path):
+    """SegNet at width 0.5 with these weights: on the CPUs tried, a near-tie in a pooling window
+    makes torch's own float32 result differ from float64 on ~0.3% of the pixels (a compare
+    against float32 alone fails); the export must still pass, judged against float64."""
+    torch.manual_seed(0)
+    model = build("segnet", 5, width=0.5).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    path = export_onnx(model, tmp_path / "s.onnx", in_channels=3)
+    checks = verify_export(model, path, "onnx", 3, 32)
+    assert len(checks) == 2
+    for check in checks:
+        if check["reference"] == "float64":  # other CPUs may round the tie the same way
+            assert (
+                check["float32_argmax_agreement"] < 0.999 or check["float32_relative_diff"] > 1e-3
+            )
+            assert check["argmax_agreement"] >= min(0.999, check["float32_argmax_agreement"])
 
 
 class _ConstantCrop(nn.Module):

@@ -241,8 +241,8 @@ def _add_train_options(p: argparse.ArgumentParser, demo: bool = False) -> None:
     g.add_argument(
         "--amp",
         choices=("auto", "off", "bf16", "fp16"),
-        help="mixed precision autocast (default auto: bf16 or fp16 on CUDA, off on CPUs; "
-        "docs/performance.md)",
+        help="mixed precision autocast (default auto: bf16 or fp16 on CUDA; bf16 on CPUs that "
+        "have it natively (AVX512-BF16, AMX), else off; docs/performance.md)",
     )
     g.add_argument(
         "--accumulate",
@@ -973,7 +973,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pixelwise: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as err:  # TrainingInterrupted says how to resume
-        print(f"pixelwise: {err or 'interrupted'}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all
+            print(f"pixelwise: {err or 'interrupted'}", file=sys.stderr)
         return 128 + getattr(err, "signum", 2)
     except Exception as err:  # an unexpected failure: one line, traceback with --debug
         if args.debug:

@@ -198,9 +198,10 @@ class TorchEngine:
     channels-last on CPUs, optionally compiled.
 
     ``engine(x)``: ``(N, in_channels, h, w) -> (N, num_classes, *model.output_size(h, w))``.
-    ``model`` is not modified (the engine holds a folded copy; ``fold=False`` uses ``model``
-    itself in eval mode). ``channels_last=None`` means: on CPUs (where bench/speed.py measured
-    it faster for every registry model), not on GPUs.
+    The engine holds a folded copy of a model with BatchNorms; otherwise (and with
+    ``fold=False``) it uses ``model`` itself, in eval mode and, on CPUs, converted to
+    channels-last in place (same weights). ``channels_last=None`` means: on CPUs (where
+    bench/speed.py measured it faster for every registry model), not on GPUs.
     """
 
     def __init__(
@@ -212,7 +213,8 @@ class TorchEngine:
         compile: bool = False,
     ) -> None:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
-        net = fold_batchnorm(model) if fold else model.eval()
+        # A copy only when there is something to fold (the copy doubles the weights' memory).
+        net = fold_batchnorm(model) if fold and _conv_bn_pairs(model, None) else model.eval()
         if channels_last is None:
             channels_last = device.type == "cpu"
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format

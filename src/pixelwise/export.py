@@ -238,11 +238,18 @@ class ExportReport:
         """Human-readable summary, one line per check."""
         out = [f"wrote {self.path} ({self.format}, model {self.model}, {self.bytes / 1e6:.2f} MB)"]
         for c in self.checks:
-            out.append(
+            line = (
                 f"  check {c['batch']}x{c['height']}x{c['width']}: logits {c['logits_shape']}, "
                 f"argmax agreement {100 * c['argmax_agreement']:.3f}%, max |diff| "
                 f"{c['max_abs_diff']:.2e} ({c['relative_diff']:.2e} of the logit range)"
             )
+            if c.get("reference") == "float64":
+                line += (
+                    " against the model in float64 (torch float32 itself: "
+                    f"{100 * c['float32_argmax_agreement']:.3f}%, "
+                    f"{c['float32_relative_diff']:.2e})"
+                )
+            out.append(line)
         return out
 
 
@@ -328,8 +335,14 @@ def _compare(
 def verify_export(
     model: nn.Module, path: str | Path, fmt: str, in_channels: int, min_size: int
 ) -> list[dict[str, Any]]:
-    """Run the exported file and ``model`` on two image sizes; ``ConfigError`` unless the argmax
-    agrees on >= 99.9% of pixels and max |logit difference| <= 1e-3 of the logit range."""
+    """Run the exported file and ``model`` on two random inputs of unrelated sizes.
+
+    Passes when the argmax agrees on >= 99.9% of the pixels and the max |logit difference| is
+    <= 1e-3 of the torch logits' range. Failing that, the model is run in float64: the file also
+    passes when it meets those bounds against that, or is at least as close to it as torch's own
+    float32 result (argmax agreement and max difference). Otherwise ``ConfigError``. Returns one
+    dict of numbers per input (``reference``: ``float32`` or ``float64``).
+    """
     if fmt == "onnx":
         import onnxruntime as ort
 
@@ -349,6 +362,7 @@ def verify_export(
     model = model.cpu().eval()
     gen = torch.Generator().manual_seed(1)
     checks = []
+    model64: list[nn.Module] = []
     for size in _check_sizes(min_size):
         x = torch.randn(size[0], in_channels, size[1], size[2], generator=gen)
         with torch.no_grad():
@@ -360,17 +374,44 @@ def verify_export(
                 f"export: the exported {fmt} file fails on a {size[1]}x{size[2]} input "
                 f"({str(err).splitlines()[0][:200]}); the model cannot be exported to {fmt}"
             ) from None
-        check = _compare(reference, exported, size, fmt)
-        if check["argmax_agreement"] < ARGMAX_AGREEMENT or check["relative_diff"] > LOGIT_TOLERANCE:
-            raise ConfigError(
-                f"export: the exported {fmt} file disagrees with the model on a "
-                f"{size[1]}x{size[2]} input (argmax agreement "
-                f"{100 * check['argmax_agreement']:.3f}%, max |logit difference| "
-                f"{check['max_abs_diff']:.3g} = {check['relative_diff']:.3g} of the logit range); "
-                "nothing was written"
+        check = {**_compare(reference, exported, size, fmt), "reference": "float32"}
+        if not _close(check):
+            # Nets that unpool with max-pooling indices (SegNet, DeconvNet) amplify rounding: a
+            # near-tie in a pooling window resolved the other way moves a value by a pixel. Judge
+            # the file against the model in float64 then, as torch's own float32 result is.
+            if not model64:
+                model64.append(copy.deepcopy(model).double())
+            with torch.no_grad():
+                exact = model64[0](x.double()).numpy()
+            versus = _compare(exact, exported, size, fmt)
+            own = _compare(exact, reference, size, fmt)
+            as_good = (
+                versus["argmax_agreement"] >= own["argmax_agreement"]
+                and versus["relative_diff"] <= own["relative_diff"]
             )
+            if not (_close(versus) or as_good):
+                raise ConfigError(
+                    f"export: the exported {fmt} file disagrees with the model on a "
+                    f"{size[1]}x{size[2]} input (argmax agreement "
+                    f"{100 * check['argmax_agreement']:.3f}%, max |logit difference| "
+                    f"{check['max_abs_diff']:.3g} = {check['relative_diff']:.3g} of the logit "
+                    f"range; against the model in float64: {100 * versus['argmax_agreement']:.3f}%"
+                    f", {versus['relative_diff']:.3g}); nothing was written"
+                )
+            check = {
+                **versus,
+                "reference": "float64",
+                "float32_argmax_agreement": own["argmax_agreement"],
+                "float32_relative_diff": own["relative_diff"],
+            }
         checks.append(check)
     return checks
+
+
+def _close(check: dict[str, Any]) -> bool:
+    return (
+        check["argmax_agreement"] >= ARGMAX_AGREEMENT and check["relative_diff"] <= LOGIT_TOLERANCE
+    )
 
 
 def export_run(

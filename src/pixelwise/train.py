@@ -319,21 +319,31 @@ def _seed_everything(seed: int, deterministic: bool) -> None:
 
 
 AMP_MODES = ("auto", "off", "bf16", "fp16")
-# bench/speed.py --train measured bf16 autocast on a 2-core AVX-512-BF16 CPU (docs/performance.md);
-# CPU_AUTO_AMP is what ``auto`` picks on CPUs (None: fp32).
-CPU_AUTO_AMP: torch.dtype | None = None
+
+
+def _cpu_has_bf16() -> bool:
+    """The CPU multiplies bf16 natively (AVX512-BF16 or AMX): there bf16 autocast made training
+    steps 1.5-2x faster with the same losses (bench/speed.py, docs/performance.md); elsewhere
+    bf16 is emulated and slower than fp32."""
+    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        try:
+            if getattr(torch.cpu, probe)():
+                return True
+        except Exception:  # private torch probes: absent or failing means no
+            continue
+    return False
 
 
 def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype of ``--amp`` on ``device`` (None: fp32). ``auto``: bf16 on CUDA GPUs
-    that support it, else fp16 (with a GradScaler); ``CPU_AUTO_AMP`` on CPUs."""
+    that support it, else fp16 (with a GradScaler); bf16 on CPUs with native bf16, else fp32."""
     if amp == "off":
         return None
     if amp in ("bf16", "fp16"):
         return torch.bfloat16 if amp == "bf16" else torch.float16
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return CPU_AUTO_AMP if device.type == "cpu" else None
+    return torch.bfloat16 if device.type == "cpu" and _cpu_has_bf16() else None
 
 
 def _scheduler(optimizer: torch.optim.Optimizer, kind: str, total_steps: int):
@@ -539,6 +549,8 @@ def _train(
     total_steps = config.epochs * math.ceil(batches / config.accumulate)  # optimizer steps
     amp_dtype = _amp_dtype(config.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    if amp_dtype is not None:
+        say(f"mixed precision: {str(amp_dtype)[6:]} autocast (--amp {config.amp}; off: fp32)")
     scheduler = _scheduler(optimizer, config.schedule, total_steps)
     class_weights = (
         torch.tensor(weights, dtype=torch.float32, device=device) if weights is not None else None
@@ -552,6 +564,8 @@ def _train(
     loop = _LoopState()
     if point is not None:
         loop = _restore(point, core, optimizer, scheduler, dist, batches, out)
+        if scaler.is_enabled() and isinstance(point.meta["loop"].get("scaler"), dict):
+            scaler.load_state_dict(point.meta["loop"]["scaler"])  # fp16 loss scale continues
         if hasattr(scheduler, "T_max"):  # --epochs extended: the cosine ends at the new end
             scheduler.T_max = total_steps
         if main:
@@ -579,6 +593,7 @@ def _train(
             "batches": batches,
             "world_size": dist.world_size,
             "last_info": info,
+            "scaler": scaler.state_dict() if scaler.is_enabled() else None,
         }
         tensors = {"loss_sum": loss_sum, "window": window}
         tensors.update({f"rng_rank{r}": t for r, t in enumerate(per_rank)})
@@ -670,8 +685,9 @@ def _train(
                     bar.set_postfix(loss=f"{value:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
             if bar:
                 bar.update(1)
-            stopping = distributed.any_true(stop.requested, device)
-            at_save = config.save_every and i % acc == 0 and step % config.save_every == 0
+            boundary = i % acc == 0  # no gradient half-accumulated: a checkpoint may go here
+            stopping = boundary and distributed.any_true(stop.requested, device)
+            at_save = config.save_every and boundary and step % config.save_every == 0
             if i < batches and (stopping or at_save):
                 commit(epoch, i, window, loss_sum)
             if stopping:
@@ -681,6 +697,11 @@ def _train(
         if bar:
             bar.close()
         if i < batches:  # the loader stopped early: its workers died of the same Ctrl-C
+            if i % config.accumulate:  # inside an accumulation group: keep the last commit
+                raise KeyboardInterrupt(
+                    f"interrupted; resume with: pixelwise train --resume {out} (from the last "
+                    "checkpoint)"
+                )
             commit(epoch, i, window, loss_sum)
             raise interrupted(epoch, i)
         train_loss = _mean_over_ranks(loss_sum, dist) / max(1, seen)
@@ -773,7 +794,16 @@ def _pictures(out: Path, rows, classes, examples, epoch: int) -> None:
 
 #: Options that may differ from the run's own when resuming: they do not change the result
 #: (``epochs`` extends the run; the learning-rate schedule is re-planned to the new end).
-RESUME_FREE_OPTIONS = ("epochs", "workers", "device", "log_every", "save_every", "overlays")
+RESUME_FREE_OPTIONS = (
+    "epochs",
+    "workers",
+    "device",
+    "log_every",
+    "save_every",
+    "overlays",
+    "cache",
+    "check_data",
+)
 
 
 def resume_config(run: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
@@ -806,7 +836,8 @@ def resume_config(run: str | Path, overrides: dict[str, Any] | None = None) -> T
             current[key] = value
             continue
         if _jsonish(value) != _jsonish(current[key]):
-            free = ", ".join("--" + k.replace("_", "-") for k in RESUME_FREE_OPTIONS)
+            names = {"check_data": "no_check"}  # the option that sets the field
+            free = ", ".join("--" + names.get(k, k).replace("_", "-") for k in RESUME_FREE_OPTIONS)
             raise ConfigError(
                 f"{option}: cannot change when resuming (the run used {current[key]!r}, given "
                 f"{value!r}); only {free} may change, or start a new run with another --out"

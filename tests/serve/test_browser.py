@@ -149,7 +149,8 @@ def test_upload_overlay_legend_toggle_download(server, tmp_path):
                 "class"
             )
             page.locator("#opacity").fill("75")
-            assert page.evaluate("getComputedStyle(document.getElementById('overlay')).opacity") == "0.75"
+            opacity = "getComputedStyle(document.getElementById('overlay')).opacity"
+            assert page.evaluate(opacity) == "0.75"
 
             shot = Path(os.environ.get("PIXELWISE_SCREENSHOT") or tmp_path / "serve.png")
             shot.parent.mkdir(parents=True, exist_ok=True)
