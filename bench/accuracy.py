@@ -144,7 +144,9 @@ def _time_budget_epochs(config, minutes: float, val_images: int, val_pixels: int
     from pixelwise.data import open_dataset
     from pixelwise.losses import pixel_cross_entropy
     from pixelwise.models import build
+    from pixelwise.train import _amp_dtype
 
+    amp = _amp_dtype(config.amp, torch.device("cpu"))
     ds = open_dataset(config.data, "train", **config.data_args)
     steps = max(1, len(ds) // config.batch_size)
     kwargs = {"in_channels": ds.channels, "width": config.width, **config.model_args}
@@ -157,7 +159,8 @@ def _time_budget_epochs(config, minutes: float, val_images: int, val_pixels: int
     times = []
     for _ in range(5):
         t0 = time.perf_counter()
-        loss = pixel_cross_entropy(model(x), y)
+        with torch.autocast("cpu", amp or torch.float32, enabled=amp is not None):
+            loss = pixel_cross_entropy(model(x).float(), y)
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -338,9 +338,15 @@ def print_table(rows: list[dict[str, Any]], peak: float) -> None:
         print(
             f"{r['model']:<26} {r['size']:>5} {r['params'] / 1e6:>7.2f}M {r['gmac']:>7.2f} "
             f"{r['engine']:<12} {1000 * r['seconds']:>9.1f} {r['images_per_s']:>7.2f} "
-            f"{r['gflops']:>8.1f} {100 * r['gflops'] / peak:>6.0f}% {r['speedup_vs_eager']:>7.2f}x "
-            f"{100 * r['argmax_agreement']:>7.2f}%"
+            f"{r['gflops']:>8.1f} {100 * r['gflops'] / peak:>6.0f}% "
+            + _or_dash(r["speedup_vs_eager"], "{:>7.2f}x", 8)
+            + " "
+            + _or_dash(100 * r["argmax_agreement"], "{:>7.2f}%", 8)
         )
+
+
+def _or_dash(value: float, fmt: str, width: int) -> str:
+    return " " * (width - 1) + "-" if math.isnan(value) else fmt.format(value)
 
 
 def print_train_table(rows: list[dict[str, Any]], peak: float) -> None:
@@ -388,7 +394,7 @@ def plot(rows: list[dict[str, Any]], peak: float, path: Path, title: str) -> Non
         ax.scatter([], [], color=c, marker="s", label=model)
     for engine, m in markers.items():
         if any(r["engine"] == engine for r in rows):
-            ax.scatter([], [], color="gray", marker=m, label=f"engine: {engine}")
+            ax.scatter([], [], color="black", marker=m, label=f"engine: {engine}")
     ax.set_xscale("log")
     ax.set_yscale("log")
     plain = FuncFormatter(lambda v, _: f"{v:g}")
@@ -480,6 +486,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--amp-modes", nargs="+", default=["off", "bf16"], choices=("off", "bf16"))
     p.add_argument("--json", type=Path)
     p.add_argument("--plot", type=Path)
+    p.add_argument("--plot-from", type=Path, metavar="JSON", help="redraw --plot from a --json")
     p.add_argument("--quick", action="store_true", help="fcn8s + unet_same, w0.5, 512, 3 reps")
     args = p.parse_args(argv)
     if args.quick:
@@ -494,6 +501,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    if args.plot_from:
+        import json
+
+        saved = json.loads(args.plot_from.read_text())
+        env = saved["environment"]
+        plot(saved["rows"], saved["matmul_gflops"], args.plot or Path("speed.png"), _title(env))
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
@@ -618,13 +632,14 @@ def inference(args: argparse.Namespace, threads: int, say: Callable) -> dict[str
         if s.note:
             print(f"\n{s.label}: {s.note}")
     if args.plot:
-        title = (
-            f"batch-1 inference latency vs MACs, torch {torch.__version__}, "
-            f"{threads} threads, {_cpu_name()}"
-        )
-        plot(rows, peak, args.plot, title)
+        plot(rows, peak, args.plot, _title(environment(threads)))
         print(f"wrote {args.plot}")
     return {"matmul_gflops": peak, "matmul_times": entries[0].times, "rows": rows}
+
+
+def _title(env: dict[str, Any]) -> str:
+    threads = f"{env['threads']} thread" + ("s" if env["threads"] != 1 else "")
+    return f"batch-1 inference latency vs MACs, torch {env['torch']}, {threads}, {env['processor']}"
 
 
 def _no_grad(model: nn.Module, x: Tensor) -> Tensor:

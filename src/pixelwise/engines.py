@@ -201,7 +201,8 @@ class TorchEngine:
     The engine holds a folded copy of a model with BatchNorms; otherwise (and with
     ``fold=False``) it uses ``model`` itself, in eval mode and, on CPUs, converted to
     channels-last in place (same weights). ``channels_last=None`` means: on CPUs (where
-    bench/speed.py measured it faster for every registry model), not on GPUs.
+    bench/speed.py measured it 1.4-1.6x faster on the BatchNorm models and neutral on the
+    others, docs/performance.md), not on GPUs (not measured).
     """
 
     def __init__(

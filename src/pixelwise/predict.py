@@ -218,8 +218,13 @@ def predict_files(
             size = AUTO_TILE
         mask = segmenter.predict(image, tile=size, overlap=overlap)
         write_mask(out / f"{stem}.png", mask, segmenter.classes)
-        write_image(
-            out / f"{stem}_overlay.png", overlay(image, mask, segmenter.classes, overlay_alpha)
+        # In bands of 1024 rows: overlay's float temporaries stay small for huge images.
+        blended = np.concatenate(
+            [
+                overlay(image[r : r + 1024], mask[r : r + 1024], segmenter.classes, overlay_alpha)
+                for r in range(0, image.shape[0], 1024)
+            ]
         )
+        write_image(out / f"{stem}_overlay.png", blended)
         written.append(out / f"{stem}.png")
     return written

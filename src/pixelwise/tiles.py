@@ -9,9 +9,10 @@ Two strategies, chosen by the model:
   outputs are written side by side, without blending. Because every tile starts on the pooling
   grid of the whole image, the result equals the whole-image prediction (up to float noise).
 - **Blended tiles** (every other model): ``t x t`` tiles overlapping by a fraction ``overlap``,
-  the last one aligned to the image border, each weighted by a Gaussian window (sigma = t / 8,
-  as in nnU-Net) and accumulated on softmax probabilities; seams vanish because every tile's
-  edge pixels get little weight.
+  starting on the model's pooling grid (``2**depth`` for U-Nets, 32 for the others, so each tile
+  sees the whole image's pooling phase), the last one ending at the image border, each weighted
+  by a Gaussian window (sigma = t / 8, as in nnU-Net) and accumulated on softmax probabilities;
+  seams vanish because every tile's edge pixels get little weight.
 
 Memory: tiles are processed row by row (horizontal strips). Only the rows that later tiles still
 touch are kept in an accumulator (``num_classes x t x W`` floats for blended tiles, nothing for
