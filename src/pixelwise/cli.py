@@ -217,6 +217,13 @@ def _add_train_options(p: argparse.ArgumentParser, demo: bool = False) -> None:
             metavar=("MIN", "MAX"),
             help="random scale range (default 0.75 1.25)",
         )
+        g.add_argument(
+            "--input-scale",
+            type=float,
+            help="resize every image by this factor for the model (0.5: train and predict at "
+            "half resolution, scored at the labels' full resolution; saved in the run, so "
+            "predict/evaluate/serve do the same; default 1)",
+        )
         g.add_argument("--no-hflip", action="store_true", help="no horizontal flips")
         g.add_argument(
             "--class-weights",
@@ -354,6 +361,7 @@ def _train_config(args: argparse.Namespace, base: dict[str, Any]):
         "weight_decay",
         "schedule",
         "crop_size",
+        "input_scale",
         "out",
         "seed",
         "device",

@@ -48,6 +48,7 @@ def evaluate_dataset(
     progress: Callable[[Iterable], Iterator] | None = None,
     shard: tuple[int, int] = (0, 1),
     net: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    input_scale: float = 1.0,
 ) -> EvalResult:
     """Predict every sample of ``dataset`` at full resolution and accumulate one confusion matrix.
 
@@ -72,7 +73,7 @@ def evaluate_dataset(
         sample = dataset[i]
         x = to_tensor(sample.image, mean, std).unsqueeze(0).to(device)
         y = mask_to_tensor(sample.mask).unsqueeze(0).to(device)
-        logits = forward_full(model, x, net=net).float()
+        logits = forward_full(model, x, net=net, input_scale=input_scale).float()
         loss_sum += pixel_cross_entropy(logits, y, class_weights, ignore_index=ignore)
         pred = logits.argmax(1)
         cm += confusion_matrix(pred, y, c, ignore)
@@ -116,7 +117,8 @@ def evaluate_run(
             f"on {seg.classes.num_classes}"
         )
     result = evaluate_dataset(
-        seg.model, dataset, seg.mean, seg.std, seg.device, progress=progress, net=seg.net
+        seg.model, dataset, seg.mean, seg.std, seg.device, progress=progress, net=seg.net,
+        input_scale=seg.input_scale,
     )
     out = Path(out_dir) if out_dir is not None else Path(run)
     report = {

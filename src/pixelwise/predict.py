@@ -48,10 +48,20 @@ def mirror_pad(x: torch.Tensor, top: int, bottom: int, left: int, right: int) ->
     return x
 
 
+def scale_input(x: torch.Tensor, input_scale: float) -> torch.Tensor:
+    """``x (N, C, H, W)`` resized by ``input_scale`` (bilinear, antialiased when shrinking)."""
+    h, w = x.shape[-2:]
+    size = (max(1, round(h * input_scale)), max(1, round(w * input_scale)))
+    return F.interpolate(
+        x, size=size, mode="bilinear", align_corners=False, antialias=input_scale < 1
+    )
+
+
 def forward_full(
     model: torch.nn.Module,
     x: torch.Tensor,
     net: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    input_scale: float = 1.0,
 ) -> torch.Tensor:
     """Logits ``(N, C, H, W)`` for input ``x (N, in_channels, H, W)``, whatever the model's border.
 
@@ -59,7 +69,14 @@ def forward_full(
     smallest size whose output covers ``H x W`` and for which every 2x2 pooling sees even sizes,
     then the output is cut to ``H x W``. ``net``: the network call to run instead of ``model``
     (an engine from :mod:`pixelwise.engines`); ``model`` still gives the geometry.
+    ``input_scale``: the model sees ``x`` resized by this factor (a run trained at half
+    resolution has 0.5); its logits are resized back (bilinear) to ``H x W``.
     """
+    if input_scale != 1.0:
+        h, w = x.shape[-2:]
+        small = scale_input(x, input_scale)
+        logits = forward_full(model, small, net)
+        return F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
     border = int(getattr(model, "border", 0))
     if net is None:
         net = model
@@ -82,6 +99,7 @@ class Segmenter:
     in_channels: int
     device: torch.device = torch.device("cpu")
     net: Callable[[torch.Tensor], torch.Tensor] | None = None  # engine; None: plain ``model``
+    input_scale: float = 1.0  # the run's --input-scale: images are resized by it for the model
 
     @classmethod
     def from_run(
@@ -110,9 +128,11 @@ class Segmenter:
             loaded.model, engine or DEFAULT_ENGINE, run=folder, which=which,
             in_channels=loaded.in_channels, threads=threads, compile=compile,
         )  # fmt: skip
+        input_scale = float(loaded.config.get("train", {}).get("input_scale", 1.0))
         return cls(
-            loaded.model, loaded.classes, loaded.mean, loaded.std, loaded.in_channels, dev, net=net
-        )
+            loaded.model, loaded.classes, loaded.mean, loaded.std, loaded.in_channels, dev,
+            net=net, input_scale=input_scale,
+        )  # fmt: skip
 
     @torch.inference_mode()
     def logits(
@@ -125,7 +145,7 @@ class Segmenter:
         if tile is not None:
             return self._tiled(image, tile, overlap, logits=True)
         x = to_tensor(image, self.mean, self.std).unsqueeze(0).to(self.device)
-        return forward_full(self.model, x, net=self.net)[0].float()
+        return forward_full(self.model, x, net=self.net, input_scale=self.input_scale)[0].float()
 
     def predict(
         self, image: np.ndarray, tile: int | None = None, overlap: float = 0.25
@@ -146,14 +166,37 @@ class Segmenter:
     def _tiled(self, image: np.ndarray, tile: int, overlap: float, logits: bool = False):
         from pixelwise.tiles import predict_tiled
 
-        return predict_tiled(
+        h, w = image.shape[:2]
+        if self.input_scale != 1.0:  # tiles of the resized image, the result resized back
+            size = (max(1, round(w * self.input_scale)), max(1, round(h * self.input_scale)))
+            image = resize_image(image, size)
+        out = predict_tiled(
             self.tile_net(), self.model, image, self.mean, self.std, tile, overlap,
             device=self.device, logits=logits,
         )  # fmt: skip
+        if self.input_scale == 1.0:
+            return out
+        if logits:
+            return F.interpolate(out[None].float(), size=(h, w), mode="bilinear")[0]
+        rows = (np.arange(h) * out.shape[0] // h).clip(0, out.shape[0] - 1)
+        cols = (np.arange(w) * out.shape[1] // w).clip(0, out.shape[1] - 1)
+        return out[rows][:, cols]
 
     def read(self, path: str | Path) -> np.ndarray:
         """Read an image file with the channel count the model expects."""
         return read_image(path, channels=self.in_channels)
+
+
+def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``image (H, W, C)`` uint8 resized to ``size = (width, height)`` (Pillow, bilinear with
+    antialiasing)."""
+    from PIL import Image
+
+    chans = [
+        np.asarray(Image.fromarray(image[..., c]).resize(size, Image.Resampling.BILINEAR))
+        for c in range(image.shape[2])
+    ]
+    return np.stack(chans, axis=-1)
 
 
 def list_images(inputs: Iterable[str | Path]) -> list[Path]:

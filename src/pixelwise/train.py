@@ -102,6 +102,7 @@ class TrainConfig:
     crop_size: int = 256
     scale_min: float = 0.75
     scale_max: float = 1.25
+    input_scale: float = 1.0  # the model sees images resized by this (0.5: half resolution)
     hflip: bool = True
     rotate: float = 0.0  # max random rotation in degrees (0: off)
     elastic: float = 0.0  # U-Net elastic deformation: std (px) of the 3x3 coarse displacements
@@ -162,6 +163,11 @@ class TrainConfig:
             0 < self.scale_min <= self.scale_max,
             "scale",
             f"need 0 < min <= max, got {self.scale_min}..{self.scale_max}",
+        )
+        need(
+            math.isfinite(self.input_scale) and 0.05 <= self.input_scale <= 4,
+            "input_scale",
+            f"must be between 0.05 and 4, got {self.input_scale}",
         )
         need(self.channels in (None, 1, 3), "channels", "must be 1 or 3")
         need(self.workers >= 0, "workers", "must be >= 0")
@@ -498,7 +504,7 @@ def _train(
         crop_size,
         mean,
         std,
-        scale=(config.scale_min, config.scale_max),
+        scale=(config.scale_min * config.input_scale, config.scale_max * config.input_scale),
         hflip=config.hflip,
         ignore_index=classes.ignore_index,
         rotate=config.rotate,
@@ -715,6 +721,7 @@ def _train(
             class_weights,
             keep_examples=config.overlays if main else 0,
             shard=(dist.rank, dist.world_size),
+            input_scale=config.input_scale,
         )
         if not math.isfinite(val.loss):
             raise _diverged(val.loss, epoch, step, config, out, committed)
