@@ -178,14 +178,30 @@ def _time_budget_epochs(config, minutes: float, val_images: int, val_pixels: int
     return max(1, int(minutes * 60 * 0.95 / epoch_s))
 
 
-def _train(dataset: str, recipe: dict[str, Any], data: Path, data_args: dict, minutes: float,
-           out: Path, seed: int, val_images: int, val_pixels: int) -> tuple[Path, dict]:
+def _train(
+    dataset: str,
+    recipe: dict[str, Any],
+    data: Path,
+    data_args: dict,
+    minutes: float,
+    out: Path,
+    seed: int,
+    val_images: int,
+    val_pixels: int,
+) -> tuple[Path, dict]:
     from pixelwise.train import TrainConfig, train
 
     cfg = {k: v for k, v in recipe.items() if k not in BENCH_ONLY}
     config = TrainConfig.from_dict(
-        {**cfg, "data": str(data), "data_args": data_args, "out": str(out), "overwrite": True,
-         "seed": seed, "epochs": 1}
+        {
+            **cfg,
+            "data": str(data),
+            "data_args": data_args,
+            "out": str(out),
+            "overwrite": True,
+            "seed": seed,
+            "epochs": 1,
+        }
     )
     config.epochs = _time_budget_epochs(config, minutes, val_images, val_pixels)
     t0 = time.perf_counter()
@@ -279,7 +295,7 @@ def score_camvid(run: Path, val_ds, input_scale: float) -> dict[str, Any]:
 
 
 REFERENCES = {
-    "isbi": "U-Net (hidden test stack): Rand error 0.0382; goals: Rand <= 0.06, pixel error <= 0.07",
+    "isbi": "U-Net (hidden test stack): Rand error 0.0382; goals: Rand <= 0.06, pixel err <= 0.07",
     "drive": "retina-unet AUC 0.9790; MMSeg U-Net Dice 0.7867; goals: AUC >= 0.97, Dice >= 0.78",
     "camvid": "SegNet-Basic (test) 82.8 / 62.3 / 46.3; goal: val mIoU >= 0.55 at 360x480",
 }
@@ -291,8 +307,13 @@ def run_dataset(name: str, args: argparse.Namespace, recipe: dict[str, Any]) -> 
     out_root = Path(args.runs) / name
     scale = float(recipe.get("input_scale", 1.0))
     t0 = time.perf_counter()
-    result: dict[str, Any] = {"dataset": name, "minutes": args.minutes, "recipe": recipe,
-                              "seed": args.seed, "threads": torch.get_num_threads()}
+    result: dict[str, Any] = {
+        "dataset": name,
+        "minutes": args.minutes,
+        "recipe": recipe,
+        "seed": args.seed,
+        "threads": torch.get_num_threads(),
+    }
     if name == "isbi":
         data = SHARED / "isbi2012"
         folds = [int(f) for f in args.fold_list.split(",")] if args.fold_list else range(args.folds)
@@ -301,8 +322,17 @@ def run_dataset(name: str, args: argparse.Namespace, recipe: dict[str, Any]) -> 
         for fold in folds:
             data_args = {"folds": args.folds, "fold": fold}
             val = open_dataset(data, "val", **data_args)
-            run, summary = _train(name, recipe, data, data_args, per_fold,
-                                  out_root / f"fold{fold}", args.seed, len(val), 512 * 512)
+            run, summary = _train(
+                name,
+                recipe,
+                data,
+                data_args,
+                per_fold,
+                out_root / f"fold{fold}",
+                args.seed,
+                len(val),
+                512 * 512,
+            )
             s = score_isbi(run, val, scale)
             s.update(fold=fold, epochs=summary["epochs"], train_s=summary["wall_s"])
             fold_scores.append(s)
@@ -313,15 +343,25 @@ def run_dataset(name: str, args: argparse.Namespace, recipe: dict[str, Any]) -> 
     elif name == "drive":
         data = SHARED / "drive"
         val = open_dataset(data, "val")
-        run, summary = _train(name, recipe, data, {}, args.minutes, out_root, args.seed,
-                              len(val), 565 * 584)
+        run, summary = _train(
+            name, recipe, data, {}, args.minutes, out_root, args.seed, len(val), 565 * 584
+        )
         result.update(score_drive(run, open_dataset(data, "test"), scale))
         result.update(epochs=summary["epochs"], train_s=summary["wall_s"])
     else:
         data = SHARED / "camvid"
         val = open_dataset(data, "val")
-        run, summary = _train(name, recipe, data, {}, args.minutes, out_root, args.seed,
-                              len(val), int(360 * 480 * scale * scale))
+        run, summary = _train(
+            name,
+            recipe,
+            data,
+            {},
+            args.minutes,
+            out_root,
+            args.seed,
+            len(val),
+            int(360 * 480 * scale * scale),
+        )
         result.update(score_camvid(run, val, scale))
         result.update(epochs=summary["epochs"], train_s=summary["wall_s"])
     result["total_s"] = round(time.perf_counter() - t0, 1)
@@ -331,9 +371,11 @@ def run_dataset(name: str, args: argparse.Namespace, recipe: dict[str, Any]) -> 
 
 def _table(r: dict[str, Any]) -> str:
     name = r["dataset"]
-    lines = [f"{name}: {r['minutes']} min budget, {r['total_s']:.0f} s used, {r['threads']} threads"]
+    lines = [
+        f"{name}: {r['minutes']} min budget, {r['total_s']:.0f} s used, {r['threads']} threads"
+    ]
     if name == "isbi":
-        lines.append(f"  folds            {len(r['folds'])} (of {r['folds'][0].get('fold', 0)}..)")
+        lines.append(f"  folds            {[f['fold'] for f in r['folds']]}")
         for k in ("rand_error", "pixel_error", "iou_cell", "iou_membrane", "mean_iou"):
             lines.append(f"  {k:<16} {r[k]:.4f}")
     elif name == "drive":
@@ -355,8 +397,13 @@ def main() -> None:
     p.add_argument("--minutes", type=float, required=True, help="CPU time budget for training")
     p.add_argument("--folds", type=int, default=5, help="ISBI: k of the k-fold split")
     p.add_argument("--fold-list", help="ISBI: comma-separated folds to run (default: all)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a recipe entry (JSON value; dotted keys for model_args.*)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe entry (JSON value; dotted keys for model_args.*)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--runs", default=str(Path(os.environ.get("TMPDIR", "/tmp")) / "pw-accuracy"))

@@ -160,13 +160,17 @@ def _load_problem(err: Exception) -> str:
     """One line about why a weights file was not read (torch's own message spans lines and
     suggests ``weights_only=False``, which would run the file's code: never do that)."""
     text = str(err)
-    if "Weights only load failed" in text or "weights_only" in text:
-        found = [ln.strip() for ln in text.splitlines() if "GLOBAL" in ln]
+    found = [ln.strip() for ln in text.splitlines() if "GLOBAL" in ln]
+    if found or "Unsupported class" in text:  # a pickle naming code to run: refused
         what = f" ({found[0].rstrip('.')})" if found else ""
         return (
             "refused: the file holds Python objects or code, not only tensors" + what + "; "
             "it is not unpickled. Save the state dict as .safetensors (or tensors only)"
         )
+    if "Weights only load failed" in text:  # torch's long text: keep the unpickler's reason
+        why = [ln.strip() for ln in text.splitlines() if ln.strip().startswith("Unsupported")]
+        detail = why[0] if why else "not a tensor file"
+        return f"cannot read weights (not a PyTorch state dict: {detail})"
     first = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(err).__name__)
     return f"cannot read weights ({first})"
 
