@@ -50,11 +50,11 @@ SHARED = ROOT.parent / "shared" / "data"
 RECIPES: dict[str, dict[str, Any]] = {
     "isbi": {
         "model": "unet_same",
-        "model_args": {"base_width": 16, "depth": 4},
+        "model_args": {"base_width": 8, "depth": 4},
         "batch_size": 4,
-        "crop_size": 192,
+        "crop_size": 160,
         "optimizer": "adamw",
-        "lr": 2e-3,
+        "lr": 3e-3,
         "weight_decay": 1e-4,
         "schedule": "cosine",
         "scale_min": 0.8,
@@ -67,11 +67,11 @@ RECIPES: dict[str, dict[str, Any]] = {
     },
     "drive": {
         "model": "unet_same",
-        "model_args": {"base_width": 16, "depth": 4},
+        "model_args": {"base_width": 8, "depth": 4},
         "batch_size": 4,
-        "crop_size": 192,
+        "crop_size": 160,
         "optimizer": "adamw",
-        "lr": 2e-3,
+        "lr": 3e-3,
         "weight_decay": 1e-4,
         "schedule": "cosine",
         "scale_min": 0.8,
@@ -201,9 +201,21 @@ def _train(
             "overwrite": True,
             "seed": seed,
             "epochs": 1,
+            "overlays": 0,
         }
     )
-    config.epochs = _time_budget_epochs(config, minutes, val_images, val_pixels)
+    # Calibrate on the real thing: one whole epoch (steps, validation, checkpoint, plots) of the
+    # same configuration; its first-epoch start-up cost makes the estimate conservative.
+    t0 = time.perf_counter()
+    train(config)
+    epoch_s = time.perf_counter() - t0
+    left = minutes * 60 - epoch_s
+    config.epochs = max(1, int(left * 0.95 / epoch_s))
+    print(
+        f"  [{dataset}] one epoch took {epoch_s:.1f} s: {config.epochs} epochs fit the budget",
+        file=sys.stderr,
+        flush=True,
+    )
     t0 = time.perf_counter()
     summary = train(config, log=lambda m: print(f"  [{dataset}] {m}", file=sys.stderr, flush=True))
     summary["wall_s"] = round(time.perf_counter() - t0, 1)
