@@ -117,7 +117,13 @@ def evaluate_run(
             f"on {seg.classes.num_classes}"
         )
     result = evaluate_dataset(
-        seg.model, dataset, seg.mean, seg.std, seg.device, progress=progress, net=seg.net,
+        seg.model,
+        dataset,
+        seg.mean,
+        seg.std,
+        seg.device,
+        progress=progress,
+        net=seg.net,
         input_scale=seg.input_scale,
     )
     out = Path(out_dir) if out_dir is not None else Path(run)

@@ -235,9 +235,7 @@ class TrainConfig:
         return cls(**d)
 
 
-def _open_data(
-    config: TrainConfig, split: str, channels: int | None, classes=None, label_map=None
-):
+def _open_data(config: TrainConfig, split: str, channels: int | None, classes=None, label_map=None):
     """Open a split. The train/val split of a flat folder uses a fixed seed (0), not the
     training seed, so runs with different seeds are scored on the same images; the val split
     takes the train split's classes and label map (``classes``, ``label_map``)."""
