@@ -316,10 +316,8 @@ def plot(results: list[dict[str, Any]], path: str | Path) -> None:
     ax.margins(y=0.12)
     ax.set_xlabel("clicked points per class per training image (log)")
     ax.set_ylabel("val mean IoU")
-    minutes = results[0]["minutes_per_run"] if results else "?"
-    ax.set_title(
-        f"label efficiency: {minutes} min CPU budget per run, same epochs per dataset", fontsize=9
-    )
+    epochs = ", ".join(f"{r['dataset']} {r['epochs']}" for r in results if "epochs" in r)
+    ax.set_title(f"label efficiency: same seed and epochs for every budget ({epochs})", fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
