@@ -30,3 +30,25 @@ def digits_folder(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("digits")
     return write_digits_folder(root, num_train=24, num_val=6, seed=0, min_size=40, max_size=72)
+
+
+@pytest.fixture(scope="session")
+def run_dir(digits_folder, tmp_path_factory) -> Path:
+    """A tiny trained run (1 epoch), shared read-only: tests that alter it work on a copy."""
+    from pixelwise.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("tiny-run") / "run"
+    train(
+        TrainConfig(
+            data=str(digits_folder),
+            out=str(out),
+            epochs=1,
+            model="unet_same",
+            model_args={"depth": 2, "base_width": 4},
+            batch_size=4,
+            crop_size=32,
+            overlays=0,
+            device="cpu",
+        )
+    )
+    return out

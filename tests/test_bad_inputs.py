@@ -30,7 +30,6 @@ from PIL import Image
 from pixelwise.cli import main
 from pixelwise.data.io import read_image, read_mask, set_max_image_pixels
 from pixelwise.errors import DataError
-from pixelwise.train import TrainConfig, train
 
 TRAIN = ["--model", "unet_same", "--width", "0.125", "--epochs", "1", "--crop-size", "32"]
 
@@ -44,25 +43,6 @@ def _fails(capsys, argv: list[str], *needles: str) -> str:
     for n in needles:
         assert n in err, err
     return err
-
-
-@pytest.fixture(scope="module")
-def run_dir(digits_folder, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("bad") / "run"
-    train(
-        TrainConfig(
-            data=str(digits_folder),
-            out=str(out),
-            epochs=1,
-            model="unet_same",
-            model_args={"depth": 2, "base_width": 4},
-            batch_size=4,
-            crop_size=32,
-            overlays=0,
-            device="cpu",
-        )
-    )
-    return out
 
 
 @pytest.fixture(autouse=True)

@@ -163,27 +163,6 @@ def test_torchrun_two_processes_match_one(digits_folder, tmp_path):
 # --- prediction split over processes ---------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def run_dir(digits_folder, tmp_path_factory):
-    from pixelwise.train import TrainConfig, train
-
-    out = tmp_path_factory.mktemp("dist") / "run"
-    train(
-        TrainConfig(
-            data=str(digits_folder),
-            out=str(out),
-            epochs=1,
-            model="unet_same",
-            model_args={"depth": 2, "base_width": 4},
-            batch_size=4,
-            crop_size=32,
-            overlays=0,
-            device="cpu",
-        )
-    )
-    return out
-
-
 def _images(folder: Path) -> list[str]:
     folder.mkdir()
     rng = np.random.default_rng(0)

@@ -16,7 +16,6 @@ import torch
 from PIL import Image
 
 from pixelwise.cli import main
-from pixelwise.train import TrainConfig, train
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "pixelwise"
 
@@ -48,25 +47,6 @@ def _one_line(capsys, code: int, *needles: str) -> str:
     for n in needles:
         assert n in err, err
     return err
-
-
-@pytest.fixture(scope="module")
-def run_dir(digits_folder, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("sec") / "run"
-    train(
-        TrainConfig(
-            data=str(digits_folder),
-            out=str(out),
-            epochs=1,
-            model="unet_same",
-            model_args={"depth": 2, "base_width": 4},
-            batch_size=4,
-            crop_size=32,
-            overlays=0,
-            device="cpu",
-        )
-    )
-    return out
 
 
 @pytest.fixture
