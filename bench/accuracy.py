@@ -430,6 +430,13 @@ def main() -> None:
     args = p.parse_args()
     if not SHARED.is_dir():
         raise SystemExit(f"{SHARED}: the shared datasets are not here; nothing to measure")
+    if args.dataset == "isbi":
+        try:
+            import skimage  # noqa: F401
+        except ImportError:
+            raise SystemExit(
+                "bench/accuracy.py isbi needs scikit-image: .venv/bin/pip install scikit-image"
+            ) from None
     if args.threads:
         torch.set_num_threads(args.threads)
     recipe = copy.deepcopy(RECIPES[args.dataset])
