@@ -12,6 +12,7 @@ the union of the per-rank batches is exactly the batch one process would train o
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -134,6 +135,10 @@ def init(device: str | torch.device = "auto") -> tuple[DistInfo, torch.device, b
 def destroy(created: bool) -> None:
     """Leave the process group if :func:`init` created it."""
     if created and dist.is_available() and dist.is_initialized():
+        # every rank reaches this point before any tears gloo down: a rank leaving while
+        # another still has collectives in flight can abort the process at exit
+        with contextlib.suppress(RuntimeError):  # a peer already died: nothing to wait for
+            dist.barrier()
         dist.destroy_process_group()
 
 
