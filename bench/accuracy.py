@@ -47,41 +47,28 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 
+# The small-dataset U-Net recipe shared by ISBI and DRIVE (512-600 px images, a few dozen of them).
+_SMALL_UNET: dict[str, Any] = {
+    "model": "unet_same",
+    "model_args": {"base_width": 8, "depth": 4},
+    "batch_size": 4,
+    "crop_size": 160,
+    "optimizer": "adamw",
+    "lr": 3e-3,
+    "weight_decay": 1e-4,
+    "schedule": "cosine",
+    "scale_min": 0.8,
+    "scale_max": 1.2,
+    "hflip": True,
+    "rotate": 15.0,
+    "class_weights": None,
+    "input_scale": 1.0,
+}
+
 # Recipes: the best found so far on a 2-core CPU (docs/results.md lists every run).
 RECIPES: dict[str, dict[str, Any]] = {
-    "isbi": {
-        "model": "unet_same",
-        "model_args": {"base_width": 8, "depth": 4},
-        "batch_size": 4,
-        "crop_size": 160,
-        "optimizer": "adamw",
-        "lr": 3e-3,
-        "weight_decay": 1e-4,
-        "schedule": "cosine",
-        "scale_min": 0.8,
-        "scale_max": 1.2,
-        "hflip": True,
-        "rotate": 15.0,
-        "elastic": 10.0,
-        "class_weights": None,
-        "input_scale": 1.0,
-    },
-    "drive": {
-        "model": "unet_same",
-        "model_args": {"base_width": 8, "depth": 4},
-        "batch_size": 4,
-        "crop_size": 160,
-        "optimizer": "adamw",
-        "lr": 3e-3,
-        "weight_decay": 1e-4,
-        "schedule": "cosine",
-        "scale_min": 0.8,
-        "scale_max": 1.2,
-        "hflip": True,
-        "rotate": 15.0,
-        "class_weights": None,
-        "input_scale": 1.0,
-    },
+    "isbi": {**_SMALL_UNET, "elastic": 10.0},
+    "drive": dict(_SMALL_UNET),
     "camvid": {
         "model": "unet_same",
         "model_args": {"base_width": 24, "depth": 4},
