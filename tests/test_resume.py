@@ -277,3 +277,45 @@ def test_divergence_keeps_the_last_good_checkpoint(digits_folder, tmp_path, monk
     weights = load_file(str(out / "last.safetensors"))
     assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
     assert json.loads((out / "last.json").read_text())["epoch"] == 1
+
+
+def test_val_every_validates_every_n_epochs_and_the_last(digits_folder, tmp_path):
+    out = tmp_path / "run"
+    summary = train(
+        TrainConfig(data=str(digits_folder), out=str(out), epochs=5, val_every=2, **TINY)
+    )
+    assert [r["epoch"] for r in _rows(out)] == ["2", "4", "5"]
+    assert json.loads((out / "last.json").read_text())["epoch"] == 5
+    assert summary["best_epoch"] in (2, 4, 5)
+    with pytest.raises(ConfigError, match="--val-every"):
+        TrainConfig(data=str(digits_folder), val_every=0).validate()
+
+
+def test_resume_from_an_epoch_without_validation(digits_folder, tmp_path, monkeypatch):
+    """Epoch 1 is committed without validation (val_every 2); dying at epoch 2's commit and
+    resuming from epoch 1's gives the uninterrupted run, bit for bit."""
+    import pixelwise.runs as runs
+
+    opts = dict(epochs=3, val_every=2, **TINY)
+    ref = tmp_path / "ref"
+    train(TrainConfig(data=str(digits_folder), out=str(ref), **opts))
+    out = tmp_path / "run"
+    real_write_json = runs.write_json
+    commits = []
+
+    def dying_write_json(path, obj):
+        if Path(path).name == "resume.json":
+            commits.append(obj["epoch"])
+            if len(commits) == 2:
+                raise SystemExit("killed")
+        real_write_json(path, obj)
+
+    monkeypatch.setattr(runs, "write_json", dying_write_json)
+    with pytest.raises(SystemExit):
+        train(TrainConfig(data=str(digits_folder), out=str(out), **opts))
+    monkeypatch.setattr(runs, "write_json", real_write_json)
+    point = load_training_state(out)
+    assert point.epoch == 1 and not (out / "metrics.csv").exists()
+    train(resume_config(out))
+    assert _same_weights(ref, out)
+    assert _rows(ref) == _rows(out) and [r["epoch"] for r in _rows(out)] == ["2", "3"]

@@ -272,7 +272,14 @@ def _add_train_options(p: argparse.ArgumentParser, demo: bool = False) -> None:
             "--resume",
             metavar="RUN",
             help="continue RUN from its last committed checkpoint with its own options; only "
-            "--epochs (to train longer), --workers, --device, --save-every may change",
+            "--epochs (to train longer), --workers, --device, --save-every, --val-every may change",
+        )
+        g.add_argument(
+            "--val-every",
+            type=int,
+            metavar="EPOCHS",
+            help="validate every EPOCHS epochs and after the last (default 1); for small datasets "
+            "trained for hundreds of epochs, where validation would cost more than training",
         )
         g.add_argument(
             "--save-every",
@@ -406,6 +413,8 @@ def _train_config(args: argparse.Namespace, base: dict[str, Any]):
         d["channels_last"] = False
     if getattr(args, "save_every", None) is not None:
         d["save_every"] = args.save_every
+    if getattr(args, "val_every", None) is not None:
+        d["val_every"] = args.val_every
     if getattr(args, "sync_bn", False):
         d["sync_bn"] = True
     return TrainConfig.from_dict(d)

@@ -126,6 +126,7 @@ class TrainConfig:
     check_data: bool = True  # read every file first (as `pixelwise data check`); stop on problems
     overlays: int = 4
     log_every: int = 10
+    val_every: int = 1  # validate (and plot, keep best/last) every N epochs and after the last
     deterministic: bool = False
     channels_last: bool = True  # NHWC activations: faster CPU training steps (bench/models.py)
     overwrite: bool = False
@@ -182,6 +183,11 @@ class TrainConfig:
         parse_label_map(self.label_map)  # ConfigError naming --label-map
         need(self.overlays >= 0, "overlays", "must be >= 0")
         need(self.log_every >= 1, "log_every", "must be >= 1")
+        need(
+            isinstance(self.val_every, int) and self.val_every >= 1,
+            "val_every",
+            f"must be an integer >= 1 (epochs), got {self.val_every!r}",
+        )
         need(self.amp in AMP_MODES, "amp", f"choose one of {', '.join(AMP_MODES)}")
         need(
             isinstance(self.accumulate, int) and self.accumulate >= 1,
@@ -709,6 +715,13 @@ def _train(
             commit(epoch, i, window, loss_sum)
             raise interrupted(epoch, i)
         train_loss = _mean_over_ranks(loss_sum, dist) / max(1, seen)
+        if epoch % config.val_every and epoch < config.epochs:
+            # no validation this epoch: commit the finished batches (resuming validates nothing
+            # twice), and go on unless a stop was requested
+            commit(epoch, batches, window, loss_sum)
+            if distributed.any_true(stop.requested, device):
+                raise interrupted(epoch, batches)
+            continue
 
         val = evaluate_dataset(
             core,
@@ -804,6 +817,7 @@ RESUME_FREE_OPTIONS = (
     "workers",
     "device",
     "log_every",
+    "val_every",
     "save_every",
     "overlays",
     "cache",
