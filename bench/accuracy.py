@@ -116,16 +116,27 @@ def _load_model_input(image: np.ndarray, mean, std, scale: float) -> torch.Tenso
 
 
 @torch.inference_mode()
-def probabilities(model, image: np.ndarray, mean, std, scale: float = 1.0) -> np.ndarray:
-    """Softmax probabilities ``(C, H, W)`` at the image's own resolution."""
+def probabilities(
+    model, image: np.ndarray, mean, std, scale: float = 1.0, tta: bool = False
+) -> np.ndarray:
+    """Softmax probabilities ``(C, H, W)`` at the image's own resolution. ``tta``: the mean of
+    the probabilities of the 8 flips and right-angle rotations of the image, each mapped back."""
     from pixelwise.predict import forward_full
 
     model.eval()
     h, w = image.shape[:2]
-    logits = forward_full(model, _load_model_input(image, mean, std, scale)).float()
-    if logits.shape[-2:] != (h, w):
-        logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
-    return torch.softmax(logits[0], 0).numpy()
+    x = _load_model_input(image, mean, std, scale)
+    views = [(k, flip) for k in range(4) for flip in (False, True)] if tta else [(0, False)]
+    total = None
+    for k, flip in views:
+        v = torch.rot90(x.flip(-1) if flip else x, k, (-2, -1))
+        logits = torch.rot90(forward_full(model, v).float(), -k, (-2, -1))
+        logits = logits.flip(-1) if flip else logits
+        if logits.shape[-2:] != (h, w):
+            logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
+        p = torch.softmax(logits[0], 0)
+        total = p if total is None else total + p
+    return (total / len(views)).numpy()
 
 
 def _time_budget_epochs(config, minutes: float, val_images: int, val_pixels: int) -> int:
@@ -225,8 +236,18 @@ def _load(run: Path, which: str = "best"):
     return load_run(run, which)
 
 
+#: Cell-probability thresholds swept for the challenge's pixel error (1 - max pixel F-score).
+PIXEL_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))
+
+
+def _pixel_error_challenge(counts: dict) -> float:
+    """The ISBI 2012 pixel error: 1 - the maximal F-score of pixel similarity over the
+    thresholds (cells positive), from ``{threshold: (TP, FP, FN)}`` summed over slices."""
+    return float(min(1 - 2 * tp / max(1, 2 * tp + fp + fn) for tp, fp, fn in counts.values()))
+
+
 #: Cell-probability thresholds swept for the ISBI Rand error (the challenge scored the best one).
-ISBI_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
+ISBI_THRESHOLDS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
 
 
 def cell_segments(p_cell: np.ndarray, threshold: float, min_size: int = 16) -> np.ndarray:
@@ -235,17 +256,18 @@ def cell_segments(p_cell: np.ndarray, threshold: float, min_size: int = 16) -> n
     over the predicted membrane, so every pixel belongs to a cell and no "membrane segment"
     remains for the Rand index to count as one huge merged object."""
     from skimage.measure import label
-    from skimage.morphology import remove_small_objects
     from skimage.segmentation import watershed
 
     seeds = label(p_cell > threshold, connectivity=1)
-    seeds = remove_small_objects(seeds, min_size=min_size, connectivity=1)
+    small = np.bincount(seeds.ravel()) < min_size
+    small[0] = False
+    seeds[small[seeds]] = 0
     if seeds.max() == 0:
         return np.ones_like(seeds)
     return watershed(1.0 - p_cell, markers=seeds, connectivity=1)
 
 
-def score_isbi(run: Path, val_ds, input_scale: float) -> dict[str, Any]:
+def score_isbi(run: Path, val_ds, input_scale: float, tta: bool = False) -> dict[str, Any]:
     """Pixel error, Rand error and IoU on held-out slices, from the run's *last* weights (the
     held-out slices are its validation set, so picking the best epoch on them would leak).
 
@@ -261,8 +283,9 @@ def score_isbi(run: Path, val_ds, input_scale: float) -> dict[str, Any]:
     loaded = _load(run, "last")
     pix_err, raw, inter, union = [], [], np.zeros(2), np.zeros(2)
     swept = {t: [] for t in ISBI_THRESHOLDS}
+    counts = {t: np.zeros(3, dtype=np.int64) for t in PIXEL_THRESHOLDS}  # cells: TP, FP, FN
     for sample in val_ds:
-        prob = probabilities(loaded.model, sample.image, loaded.mean, loaded.std, input_scale)
+        prob = probabilities(loaded.model, sample.image, loaded.mean, loaded.std, input_scale, tta)
         pred = prob.argmax(0)
         truth = sample.mask
         pix_err.append(float((pred != truth).mean()))
@@ -277,6 +300,10 @@ def score_isbi(run: Path, val_ds, input_scale: float) -> dict[str, Any]:
         for t in ISBI_THRESHOLDS:
             segments = cell_segments(prob[1], t)
             swept[t].append(float(adapted_rand_error(true_cells, segments, ignore_labels=(0,))[0]))
+        cell = truth == 1
+        for t in PIXEL_THRESHOLDS:
+            said = prob[1] > t
+            counts[t] += (np.sum(said & cell), np.sum(said & ~cell), np.sum(~said & cell))
         for c in (0, 1):
             inter[c] += np.sum((pred == c) & (truth == c))
             union[c] += np.sum((pred == c) | (truth == c))
@@ -290,6 +317,8 @@ def score_isbi(run: Path, val_ds, input_scale: float) -> dict[str, Any]:
         "best_threshold": best_t,
         "rand_error_by_threshold": by_threshold,
         "rand_error_raw": float(np.mean(raw)),
+        "pixel_error_challenge": _pixel_error_challenge(counts),
+        "pixel_counts_by_threshold": {str(t): c.tolist() for t, c in counts.items()},
         "iou_membrane": float(iou[0]),
         "iou_cell": float(iou[1]),
         "mean_iou": float(iou.mean()),
@@ -298,14 +327,14 @@ def score_isbi(run: Path, val_ds, input_scale: float) -> dict[str, Any]:
     }
 
 
-def score_drive(run: Path, test_ds, input_scale: float) -> dict[str, float]:
+def score_drive(run: Path, test_ds, input_scale: float, tta: bool = False) -> dict[str, float]:
     from sklearn.metrics import roc_auc_score
 
     loaded = _load(run)
     probs, truths = [], []
     tp = fp = fn = correct = total = 0
     for sample in test_ds:
-        prob = probabilities(loaded.model, sample.image, loaded.mean, loaded.std, input_scale)
+        prob = probabilities(loaded.model, sample.image, loaded.mean, loaded.std, input_scale, tta)
         inside = sample.mask != 255
         truth = sample.mask[inside] == 1
         p = prob[1][inside]
@@ -326,14 +355,14 @@ def score_drive(run: Path, test_ds, input_scale: float) -> dict[str, float]:
     }
 
 
-def score_camvid(run: Path, val_ds, input_scale: float) -> dict[str, Any]:
+def score_camvid(run: Path, val_ds, input_scale: float, tta: bool = False) -> dict[str, Any]:
     from pixelwise.metrics import confusion_matrix, scores
 
     loaded = _load(run)
     c = loaded.classes.num_classes
     cm = torch.zeros(c, c, dtype=torch.int64)
     for sample in val_ds:
-        prob = probabilities(loaded.model, sample.image, loaded.mean, loaded.std, input_scale)
+        prob = probabilities(loaded.model, sample.image, loaded.mean, loaded.std, input_scale, tta)
         pred = torch.from_numpy(prob.argmax(0))
         cm += confusion_matrix(pred, torch.from_numpy(sample.mask.astype(np.int64)), c, 255)
     s = scores(cm)
@@ -352,6 +381,44 @@ REFERENCES = {
     "drive": "retina-unet AUC 0.9790; MMSeg U-Net Dice 0.7867; goals: AUC >= 0.97, Dice >= 0.78",
     "camvid": "SegNet-Basic (test) 82.8 / 62.3 / 46.3; goal: val mIoU >= 0.55 at 360x480",
 }
+
+
+def _isbi_mean(fold_scores: list[dict[str, Any]]) -> dict[str, Any]:
+    """Fold scores averaged; the Rand error's threshold is chosen once for every fold (the best
+    of the sweep averaged over all held-out slices)."""
+    keys = ("pixel_error", "rand_error", "rand_error_raw", "iou_membrane", "iou_cell", "mean_iou")
+    out: dict[str, Any] = {k: float(np.mean([f[k] for f in fold_scores])) for k in keys}
+    sweep = {
+        t: float(np.mean([f["rand_error_by_threshold"][t] for f in fold_scores]))
+        for t in fold_scores[0]["rand_error_by_threshold"]
+    }
+    out["rand_error_by_threshold"] = sweep
+    out["pixel_error_challenge"] = _pixel_error_challenge(
+        {
+            t: np.sum([f["pixel_counts_by_threshold"][t] for f in fold_scores], axis=0)
+            for t in fold_scores[0]["pixel_counts_by_threshold"]
+        }
+    )
+    out["best_threshold"] = float(min(sweep, key=sweep.get))
+    out["rand_error_best"] = min(sweep.values())
+    return out
+
+
+def _scored(score, run: Path, ds, scale: float, tta: bool) -> dict[str, Any]:
+    """``score(run, ds, scale)``, with the test-time-augmented scores under ``"tta"``."""
+    s = score(run, ds, scale)
+    if tta:
+        s["tta"] = score(run, ds, scale, tta=True)
+    return s
+
+
+def _trained(args: argparse.Namespace, *train_args) -> tuple[Path, dict]:
+    """Train (see ``_train``), or with ``--score-only`` take the run already in its folder."""
+    if not args.score_only:
+        return _train(*train_args)
+    out = train_args[5]
+    summary = json.loads((out / "summary.json").read_text())
+    return out, {**summary, "wall_s": summary["seconds"]}
 
 
 def run_dataset(name: str, args: argparse.Namespace, recipe: dict[str, Any]) -> dict[str, Any]:
@@ -375,7 +442,8 @@ def run_dataset(name: str, args: argparse.Namespace, recipe: dict[str, Any]) -> 
         for fold in folds:
             data_args = {"folds": args.folds, "fold": fold}
             val = open_dataset(data, "val", **data_args)
-            run, summary = _train(
+            run, summary = _trained(
+                args,
                 name,
                 recipe,
                 data,
@@ -386,34 +454,27 @@ def run_dataset(name: str, args: argparse.Namespace, recipe: dict[str, Any]) -> 
                 len(val),
                 512 * 512,
             )
-            s = score_isbi(run, val, scale)
+            s = _scored(score_isbi, run, val, scale, args.tta)
             s.update(fold=fold, epochs=summary["epochs"], train_s=summary["wall_s"])
             fold_scores.append(s)
             print(f"  fold {fold}: {s}", file=sys.stderr, flush=True)
-        keys = ("pixel_error", "rand_error", "rand_error_raw", "iou_membrane", "iou_cell")
-        result.update({k: float(np.mean([f[k] for f in fold_scores])) for k in keys})
-        result["mean_iou"] = float(np.mean([f["mean_iou"] for f in fold_scores]))
-        # one threshold for every fold: the best of the sweep averaged over all held-out slices
-        sweep = {
-            t: float(np.mean([f["rand_error_by_threshold"][t] for f in fold_scores]))
-            for t in fold_scores[0]["rand_error_by_threshold"]
-        }
-        result["rand_error_by_threshold"] = sweep
-        result["best_threshold"] = float(min(sweep, key=sweep.get))
-        result["rand_error_best"] = min(sweep.values())
+        result.update(_isbi_mean(fold_scores))
+        if args.tta:
+            result["tta"] = _isbi_mean([f["tta"] for f in fold_scores])
         result["folds"] = fold_scores
     elif name == "drive":
         data = SHARED / "drive"
         val = open_dataset(data, "val")
-        run, summary = _train(
-            name, recipe, data, {}, args.minutes, out_root, args.seed, len(val), 565 * 584
+        run, summary = _trained(
+            args, name, recipe, data, {}, args.minutes, out_root, args.seed, len(val), 565 * 584
         )
-        result.update(score_drive(run, open_dataset(data, "test"), scale))
+        result.update(_scored(score_drive, run, open_dataset(data, "test"), scale, args.tta))
         result.update(epochs=summary["epochs"], train_s=summary["wall_s"])
     else:
         data = SHARED / "camvid"
         val = open_dataset(data, "val")
-        run, summary = _train(
+        run, summary = _trained(
+            args,
             name,
             recipe,
             data,
@@ -424,7 +485,7 @@ def run_dataset(name: str, args: argparse.Namespace, recipe: dict[str, Any]) -> 
             len(val),
             int(360 * 480 * scale * scale),
         )
-        result.update(score_camvid(run, val, scale))
+        result.update(_scored(score_camvid, run, val, scale, args.tta))
         result.update(epochs=summary["epochs"], train_s=summary["wall_s"])
     result["total_s"] = round(time.perf_counter() - t0, 1)
     result["reference"] = REFERENCES[name]
@@ -441,6 +502,10 @@ def _table(r: dict[str, Any]) -> str:
         for k in ("rand_error", "pixel_error", "iou_cell", "iou_membrane", "mean_iou"):
             lines.append(f"  {k:<16} {r[k]:.4f}")
         lines.append(
+            f"  pixel_error_challenge {r['pixel_error_challenge']:.4f}  (1 - max pixel F-score "
+            "over thresholds, as ISBI 2012 scored)"
+        )
+        lines.append(
             f"  rand_error_best  {r['rand_error_best']:.4f}  (cell threshold "
             f"{r['best_threshold']}; raw argmax components: {r['rand_error_raw']:.4f})"
         )
@@ -453,6 +518,13 @@ def _table(r: dict[str, Any]) -> str:
             lines.append(f"  {k:<24} {r[k]:.4f}")
         lines.append(f"  epochs                   {r['epochs']}  (scored at {r['resolution']})")
         lines.append("  per-class IoU: " + ", ".join(f"{k} {v:.2f}" for k, v in r["iou"].items()))
+    if "tta" in r:
+        keys = {
+            "isbi": ("rand_error_best", "pixel_error", "pixel_error_challenge", "mean_iou"),
+            "drive": ("auc_roc", "dice", "accuracy"),
+            "camvid": ("global_accuracy", "class_average_accuracy", "mean_iou"),
+        }[name]
+        lines.append("  with 8-view TTA: " + ", ".join(f"{k} {r['tta'][k]:.4f}" for k in keys))
     lines.append(f"  reference: {r['reference']}")
     return "\n".join(lines)
 
@@ -469,6 +541,16 @@ def main() -> None:
         default=[],
         metavar="KEY=VALUE",
         help="override a recipe entry (JSON value; dotted keys for model_args.*)",
+    )
+    p.add_argument(
+        "--tta",
+        action="store_true",
+        help="also score with test-time augmentation (8 flips/rotations averaged), under 'tta'",
+    )
+    p.add_argument(
+        "--score-only",
+        action="store_true",
+        help="do not train: score the runs already in --runs (from an earlier call)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
