@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import math
 import os
 import platform
@@ -122,7 +123,7 @@ def _data(name: str, fold: int) -> tuple[Path, dict[str, Any], int]:
 
 
 def _score(name: str, run: Path, val_ds, scale: float) -> dict[str, Any]:
-    """``bench/accuracy.py``'s scoring of the run's best checkpoint, plus a common
+    """``bench/accuracy.py``'s scoring (best checkpoint; ISBI: last), plus a common
     ``pixel_accuracy`` and ``mean_iou``."""
     if name == "isbi":
         s = accuracy.score_isbi(run, val_ds, scale)
@@ -365,6 +366,13 @@ def main() -> None:
     )
     p.add_argument("--json", help="write the results here (JSON)")
     p.add_argument("--plot", help="write the mIoU-vs-points plot here (PNG)")
+    p.add_argument(
+        "--include",
+        action="append",
+        default=[],
+        metavar="JSON",
+        help="also show the datasets of an earlier --json in the table and plot (repeatable)",
+    )
     args = p.parse_args()
 
     names = [s.strip() for s in args.datasets.split(",") if s.strip()]
@@ -416,12 +424,13 @@ def main() -> None:
     except PixelwiseError as err:
         raise SystemExit(str(err)) from None
     header["total_s"] = round(time.perf_counter() - t0, 1)
-    print(table(done))
+    earlier = [d for path in args.include for d in json.loads(Path(path).read_text())["datasets"]]
+    print(table([*earlier, *done]))
     if args.json:
         write_json(args.json, {**header, "datasets": done})
         print(f"wrote {args.json}")
     if args.plot:
-        plot(done, args.plot)
+        plot([*earlier, *done], args.plot)
         print(f"wrote {args.plot}")
 
 
