@@ -576,6 +576,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         engine=args.engine,
         compile=args.compile,
         threads=args.threads,
+        tta=args.tta,
         **_evaluate_data_kwargs(args),
     )
     print(report["table"])
@@ -605,6 +606,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     seg = Segmenter.from_run(
         args.run, args.checkpoint, device, args.engine, args.compile, args.threads
     )
+    seg.tta = args.tta
     written = predict_files(
         seg,
         files,
@@ -708,6 +710,12 @@ def _add_engine_options(p: argparse.ArgumentParser) -> None:
         "--compile", action="store_true", help="torch.compile the model (torch engine; slow start)"
     )
     g.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+    g.add_argument(
+        "--tta",
+        action="store_true",
+        help="test-time augmentation: average the probabilities of the 8 flips and quarter "
+        "turns of each image (8x the time; usually a little more accurate)",
+    )
 
 
 def cmd_data_check(args: argparse.Namespace) -> int:

@@ -21,7 +21,7 @@ from pixelwise.data.transforms import mask_to_tensor, to_tensor
 from pixelwise.files import write_json
 from pixelwise.losses import pixel_cross_entropy
 from pixelwise.metrics import confusion_matrix, format_scores, scores
-from pixelwise.predict import Segmenter, forward_full
+from pixelwise.predict import Segmenter, forward_full, mean_over_views
 
 __all__ = ["EvalResult", "evaluate_dataset", "evaluate_run"]
 
@@ -49,6 +49,7 @@ def evaluate_dataset(
     shard: tuple[int, int] = (0, 1),
     net: Callable[[torch.Tensor], torch.Tensor] | None = None,
     input_scale: float = 1.0,
+    tta: bool = False,
 ) -> EvalResult:
     """Predict every sample of ``dataset`` at full resolution and accumulate one confusion matrix.
 
@@ -57,7 +58,8 @@ def evaluate_dataset(
     block of the samples and the confusion matrices and loss sums are summed over the processes
     (every process must call), so every process returns the metrics of the whole dataset.
     ``net``: the network call to use instead of ``model`` (an engine from
-    :mod:`pixelwise.engines`; ``model`` still gives the geometry).
+    :mod:`pixelwise.engines`; ``model`` still gives the geometry). ``tta``: score the mean
+    probabilities of the 8 flips and rotations (``predict.mean_over_views``).
     """
     from pixelwise.distributed import all_reduce_sum, shard_range
 
@@ -69,11 +71,15 @@ def evaluate_dataset(
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     examples = []
     indices = shard_range(len(dataset), *shard)
+
+    def full(v: torch.Tensor) -> torch.Tensor:
+        return forward_full(model, v, net=net, input_scale=input_scale)
+
     for i in progress(indices) if progress else indices:
         sample = dataset[i]
         x = to_tensor(sample.image, mean, std).unsqueeze(0).to(device)
         y = mask_to_tensor(sample.mask).unsqueeze(0).to(device)
-        logits = forward_full(model, x, net=net, input_scale=input_scale).float()
+        logits = (mean_over_views(full, x) if tta else full(x)).float()
         loss_sum += pixel_cross_entropy(logits, y, class_weights, ignore_index=ignore)
         pred = logits.argmax(1)
         cm += confusion_matrix(pred, y, c, ignore)
@@ -98,6 +104,7 @@ def evaluate_run(
     engine: str | None = None,
     compile: bool = False,
     threads: int | None = None,
+    tta: bool = False,
     **data_kwargs: Any,
 ) -> dict[str, Any]:
     """Score a trained run on ``data``'s ``split``.
@@ -125,6 +132,7 @@ def evaluate_run(
         progress=progress,
         net=seg.net,
         input_scale=seg.input_scale,
+        tta=tta,
     )
     out = Path(out_dir) if out_dir is not None else Path(run)
     report = {
@@ -132,6 +140,7 @@ def evaluate_run(
         "data": str(data),
         "split": split,
         "checkpoint": which,
+        "tta": tta,
         "images": len(dataset),
         "class_names": list(seg.classes.names),
         **result.scores,

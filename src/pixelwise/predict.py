@@ -88,6 +88,37 @@ def forward_full(
     return net(padded)[..., :h, :w]
 
 
+#: Test-time augmentation: the 8 views (quarter turns, then a left-right flip) of the dihedral
+#: group, which maps every pixel grid onto itself.
+TTA_VIEWS: tuple[tuple[int, bool], ...] = tuple((k, f) for k in range(4) for f in (False, True))
+
+
+def tta_view(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
+    """``x (..., H, W)`` flipped left-right (if ``flip``), then turned ``k`` quarter turns."""
+    return torch.rot90(x.flip(-1) if flip else x, k, (-2, -1))
+
+
+def tta_unview(y: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
+    """The inverse of :func:`tta_view`: maps a view's output back onto the original grid."""
+    y = torch.rot90(y, -k, (-2, -1))
+    return y.flip(-1) if flip else y
+
+
+def mean_over_views(
+    forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
+) -> torch.Tensor:
+    """Test-time augmentation: ``log`` of the mean softmax of ``forward`` over the 8
+    :data:`TTA_VIEWS` of ``x (..., H, W)``, each mapped back. ``forward`` maps a view to logits
+    ``(..., C, h, w)`` on the view's own grid. Log-probabilities are logits: their argmax is the
+    prediction, and cross-entropy on them is the negative log of the averaged probability.
+    8 forward passes; the sum of probabilities is one ``(..., C, H, W)`` float32 tensor."""
+    total = None
+    for k, flip in TTA_VIEWS:
+        p = torch.softmax(tta_unview(forward(tta_view(x, k, flip)).float(), k, flip), -3)
+        total = p if total is None else total.add_(p)
+    return (total / len(TTA_VIEWS)).clamp_min_(1e-12).log_()
+
+
 @dataclass
 class Segmenter:
     """A trained model ready to label images (``Segmenter.from_run(RUN)``)."""
@@ -100,6 +131,7 @@ class Segmenter:
     device: torch.device = torch.device("cpu")
     net: Callable[[torch.Tensor], torch.Tensor] | None = None  # engine; None: plain ``model``
     input_scale: float = 1.0  # the run's --input-scale: images are resized by it for the model
+    tta: bool = False  # average the 8 flips/rotations (8x the time): see ``mean_over_views``
 
     @classmethod
     def from_run(
@@ -143,9 +175,22 @@ class Segmenter:
         ``tile``: compute them tile by tile (``pixelwise.tiles``; for blended models these are
         the log blended probabilities)."""
         if tile is not None:
+            if self.tta:  # each view of the image tiled; their probabilities averaged
+                hwc = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+
+                def tiled(view: torch.Tensor) -> torch.Tensor:
+                    v = np.ascontiguousarray(view.permute(1, 2, 0).numpy())
+                    return self._tiled(v, tile, overlap, logits=True)
+
+                return mean_over_views(tiled, hwc)
             return self._tiled(image, tile, overlap, logits=True)
         x = to_tensor(image, self.mean, self.std).unsqueeze(0).to(self.device)
-        return forward_full(self.model, x, net=self.net, input_scale=self.input_scale)[0].float()
+
+        def full(v: torch.Tensor) -> torch.Tensor:
+            return forward_full(self.model, v, net=self.net, input_scale=self.input_scale)
+
+        logits = mean_over_views(full, x) if self.tta else full(x)
+        return logits[0].float()
 
     def predict(
         self, image: np.ndarray, tile: int | None = None, overlap: float = 0.25
@@ -154,9 +199,9 @@ class Segmenter:
 
         ``tile``: predict ``tile x tile`` tiles (``overlap``: fraction shared by neighbours) with
         memory bounded by tile size and image width; see ``pixelwise.tiles``."""
-        if tile is not None:
+        if tile is not None and not self.tta:
             return self._tiled(image, tile, overlap)
-        return self.logits(image).argmax(0).to(torch.uint8).cpu().numpy()
+        return self.logits(image, tile, overlap).argmax(0).to(torch.uint8).cpu().numpy()
 
     def tile_net(self) -> Callable[[torch.Tensor], torch.Tensor]:
         """The network call the tiles use: normalised ``(N, C, h, w)`` -> the model's raw output
