@@ -453,7 +453,22 @@ def _train(
     if len(train_ds) == 0:
         raise ConfigError(f"--data {config.data}: the train split is empty")
     weights = config.class_weights
-    if weights == "auto":
+    if weights == "auto" and config.points:
+        # what a point annotator's labels say, not the dense masks they never drew (clicking
+        # N points of each present class already balances the classes: weights near 1)
+        from pixelwise.data.balance import class_pixel_counts
+        from pixelwise.data.points import PointLabels
+
+        clicked = PointLabels(train_ds, config.points, config.seed)
+        counts, image_pixels = class_pixel_counts(
+            clicked, _bar_iter(progress, "class points", "img")
+        )
+        weights = median_frequency_weights(counts, image_pixels)
+        say(
+            "median-frequency class weights of the clicked points: "
+            + ", ".join(f"{w:.3f}" for w in weights)
+        )
+    elif weights == "auto":
         pc = cached_class_pixel_counts(train_ds, _bar_iter(progress, "class pixels", "img"))
         weights = median_frequency_weights(pc.counts, pc.image_pixels)
         origin = f" (pixel counts cached in {pc.path})" if pc.cached else ""

@@ -79,3 +79,28 @@ def test_loss_with_points_is_the_mean_over_the_clicked_pixels():
     dense[0, :6, :] = sparse[ys[0], xs[0]]
     nll_dense = nll[sparse[ys[0], xs[0]], :6, :].mean()
     torch.testing.assert_close(pixel_cross_entropy(logits, dense), nll_dense)
+
+
+def test_auto_class_weights_with_points_come_from_the_clicked_pixels(digits_folder, tmp_path):
+    """``--points N --class-weights auto``: median frequency of the point labels (what the
+    annotator drew), not of the dense masks; N points per present class give weights near 1."""
+    import json
+
+    from pixelwise.data import open_dataset
+    from pixelwise.data.balance import class_pixel_counts, median_frequency_weights
+    from pixelwise.train import TrainConfig, train
+
+    common = dict(
+        data=str(digits_folder), epochs=1, model="unet_same", batch_size=4, crop_size=32,
+        model_args={"depth": 2, "base_width": 4}, overlays=0, device="cpu",
+        class_weights="auto", seed=3,
+    )  # fmt: skip
+    train(TrainConfig(out=str(tmp_path / "p"), points=5, **common))
+    train(TrainConfig(out=str(tmp_path / "d"), **common))
+    used = json.loads((tmp_path / "p" / "config.json").read_text())["class_weights"]
+    dense = json.loads((tmp_path / "d" / "config.json").read_text())["class_weights"]
+    ds = open_dataset(digits_folder, "train")
+    want = median_frequency_weights(*class_pixel_counts(PointLabels(ds, 5, seed=3)))
+    assert used == pytest.approx(want)
+    assert dense == pytest.approx(median_frequency_weights(*class_pixel_counts(ds)))
+    assert max(used) / min(used) < max(dense) / min(dense)
