@@ -121,23 +121,20 @@ def probabilities(
     model, image: np.ndarray, mean, std, scale: float = 1.0, tta: bool = False
 ) -> np.ndarray:
     """Softmax probabilities ``(C, H, W)`` at the image's own resolution. ``tta``: the mean of
-    the probabilities of the 8 flips and right-angle rotations of the image, each mapped back."""
-    from pixelwise.predict import forward_full
+    the probabilities of the 8 flips and quarter turns (``pixelwise.predict.mean_over_views``)."""
+    from pixelwise.predict import forward_full, mean_over_views
 
     model.eval()
     h, w = image.shape[:2]
-    x = _load_model_input(image, mean, std, scale)
-    views = [(k, flip) for k in range(4) for flip in (False, True)] if tta else [(0, False)]
-    total = None
-    for k, flip in views:
-        v = torch.rot90(x.flip(-1) if flip else x, k, (-2, -1))
-        logits = torch.rot90(forward_full(model, v).float(), -k, (-2, -1))
-        logits = logits.flip(-1) if flip else logits
-        if logits.shape[-2:] != (h, w):
-            logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
-        p = torch.softmax(logits[0], 0)
-        total = p if total is None else total + p
-    return (total / len(views)).numpy()
+
+    def full(v: torch.Tensor) -> torch.Tensor:
+        return forward_full(model, v).float()
+
+    x = _load_model_input(image, mean, std, scale)  # resized by ``scale``; logits resized back
+    logits = mean_over_views(full, x) if tta else full(x)
+    if logits.shape[-2:] != (h, w):
+        logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
+    return torch.softmax(logits[0], 0).numpy()
 
 
 def _time_budget_epochs(config, minutes: float, val_images: int, val_pixels: int) -> int:
