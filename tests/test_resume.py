@@ -7,6 +7,7 @@ Every run here is deterministic (``--deterministic``, one thread, tiny U-Net, 24
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -160,6 +161,29 @@ TINY = {
 }
 
 
+@contextlib.contextmanager
+def _dying_at_second_commit(monkeypatch):
+    """Inside: the process "dies" (SystemExit) when training writes its second commit marker
+    (``resume.json``), after that checkpoint's files are written."""
+    import pixelwise.runs as runs
+
+    real_write_json = runs.write_json
+    commits = []
+
+    def dying_write_json(path, obj):
+        if Path(path).name == "resume.json":
+            commits.append(obj["epoch"])
+            if len(commits) == 2:
+                raise SystemExit("killed")
+        real_write_json(path, obj)
+
+    monkeypatch.setattr(runs, "write_json", dying_write_json)
+    try:
+        yield
+    finally:
+        monkeypatch.setattr(runs, "write_json", real_write_json)
+
+
 def _same_weights(a: Path, b: Path) -> bool:
     wa, wb = load_file(str(a / "last.safetensors")), load_file(str(b / "last.safetensors"))
     return all(torch.equal(wa[k], wb[k]) for k in wa)
@@ -168,26 +192,14 @@ def _same_weights(a: Path, b: Path) -> bool:
 def test_death_between_files_keeps_the_previous_commit(digits_folder, tmp_path, monkeypatch):
     """A crash after the new checkpoint's files but before its commit marker: the marker
     still names the previous, complete set, and resuming from it gives the same run."""
-    import pixelwise.runs as runs
 
     ref = tmp_path / "ref"
     train(TrainConfig(data=str(digits_folder), out=str(ref), epochs=2, **TINY))
 
     out = tmp_path / "run"
-    real_write_json = runs.write_json
-    commits = []
-
-    def dying_write_json(path, obj):
-        if Path(path).name == "resume.json":
-            commits.append(obj["epoch"])
-            if len(commits) == 2:  # epoch 2's files are written; die before committing them
-                raise SystemExit("killed")
-        real_write_json(path, obj)
-
-    monkeypatch.setattr(runs, "write_json", dying_write_json)
-    with pytest.raises(SystemExit):
+    with _dying_at_second_commit(monkeypatch), pytest.raises(SystemExit):
+        # epoch 2's files are written; it dies before committing them
         train(TrainConfig(data=str(digits_folder), out=str(out), epochs=2, **TINY))
-    monkeypatch.setattr(runs, "write_json", real_write_json)
     point = load_training_state(out)
     assert (point.epoch, point.complete) == (1, True)
     assert any("e0002" in p.name for p in (out / "resume").iterdir())  # uncommitted leftovers
@@ -294,26 +306,13 @@ def test_val_every_validates_every_n_epochs_and_the_last(digits_folder, tmp_path
 def test_resume_from_an_epoch_without_validation(digits_folder, tmp_path, monkeypatch):
     """Epoch 1 is committed without validation (val_every 2); dying at epoch 2's commit and
     resuming from epoch 1's gives the uninterrupted run, bit for bit."""
-    import pixelwise.runs as runs
 
     opts = dict(epochs=3, val_every=2, **TINY)
     ref = tmp_path / "ref"
     train(TrainConfig(data=str(digits_folder), out=str(ref), **opts))
     out = tmp_path / "run"
-    real_write_json = runs.write_json
-    commits = []
-
-    def dying_write_json(path, obj):
-        if Path(path).name == "resume.json":
-            commits.append(obj["epoch"])
-            if len(commits) == 2:
-                raise SystemExit("killed")
-        real_write_json(path, obj)
-
-    monkeypatch.setattr(runs, "write_json", dying_write_json)
-    with pytest.raises(SystemExit):
+    with _dying_at_second_commit(monkeypatch), pytest.raises(SystemExit):
         train(TrainConfig(data=str(digits_folder), out=str(out), **opts))
-    monkeypatch.setattr(runs, "write_json", real_write_json)
     point = load_training_state(out)
     assert point.epoch == 1 and not (out / "metrics.csv").exists()
     train(resume_config(out))
