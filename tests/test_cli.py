@@ -7,27 +7,6 @@ import pytest
 from PIL import Image
 
 from pixelwise.cli import main
-from pixelwise.train import TrainConfig, train
-
-
-@pytest.fixture(scope="module")
-def run_dir(digits_folder, tmp_path_factory):
-    out = tmp_path_factory.mktemp("cli") / "run"
-    train(
-        TrainConfig(
-            data=str(digits_folder),
-            out=str(out),
-            epochs=1,
-            model="unet_same",
-            model_args={"depth": 2, "base_width": 4},
-            batch_size=4,
-            crop_size=32,
-            hflip=False,
-            overlays=1,
-            device="cpu",
-        )
-    )
-    return out
 
 
 def one_line_error(capsys, code, *needles):
