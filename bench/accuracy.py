@@ -142,7 +142,7 @@ def _time_budget_epochs(config, minutes: float, val_images: int, val_pixels: int
     from pixelwise.data import open_dataset
     from pixelwise.losses import pixel_cross_entropy
     from pixelwise.models import build
-    from pixelwise.train import _amp_dtype
+    from pixelwise.training.loop import _amp_dtype
 
     amp = _amp_dtype(config.amp, torch.device("cpu"))
     ds = open_dataset(config.data, "train", **config.data_args)
@@ -187,7 +187,7 @@ def _train(
     val_images: int,
     val_pixels: int,
 ) -> tuple[Path, dict]:
-    from pixelwise.train import TrainConfig, train
+    from pixelwise.training import TrainConfig, train
 
     cfg = {k: v for k, v in recipe.items() if k not in BENCH_ONLY}
     config = TrainConfig.from_dict(

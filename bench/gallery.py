@@ -60,7 +60,7 @@ def main() -> int:
     from pixelwise.evaluate import evaluate_run
     from pixelwise.heatmap import heatmap_command
     from pixelwise.plots import plot_class_frequencies
-    from pixelwise.train import TrainConfig, train
+    from pixelwise.training import TrainConfig, train
 
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="pixelwise-gallery-"))
     run = work / "run"

@@ -140,7 +140,7 @@ def run_dataset(
     """Train and score every budget of ``budgets`` on dataset ``name``; ``report(result)`` is
     called after each run with the dataset's result so far."""
     from pixelwise.data import open_dataset
-    from pixelwise.train import TrainConfig, train
+    from pixelwise.training import TrainConfig, train
 
     recipe = copy.deepcopy(RECIPES[name])
     for assignment in args.set:

@@ -707,7 +707,7 @@ def amp_check(epochs: int, images: int, modes: list[str], say: Callable) -> dict
     """The demo's U-Net on ``images`` digits scenes, ``epochs`` epochs, fp32 and bf16 autocast
     (same seed, same data order), scored on the demo's validation scenes."""
     from pixelwise.cli import DEMO
-    from pixelwise.train import TrainConfig, train
+    from pixelwise.training import TrainConfig, train
 
     results = {}
     with tempfile.TemporaryDirectory(prefix="pixelwise-amp-") as tmpdir:

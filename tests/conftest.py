@@ -35,7 +35,7 @@ def digits_folder(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def run_dir(digits_folder, tmp_path_factory) -> Path:
     """A tiny trained run (1 epoch), shared read-only: tests that alter it work on a copy."""
-    from pixelwise.train import TrainConfig, train
+    from pixelwise.training import TrainConfig, train
 
     out = tmp_path_factory.mktemp("tiny-run") / "run"
     train(

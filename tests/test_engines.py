@@ -307,7 +307,7 @@ def _first_update(
     data: Path, out: Path, batch: int, accumulate: int, amp: str = "off", lr: float = 0.5
 ) -> dict:
     from pixelwise.runs import load_weights
-    from pixelwise.train import TrainConfig, train
+    from pixelwise.training import TrainConfig, train
 
     config = TrainConfig(
         data=str(data),
@@ -364,7 +364,8 @@ def test_bf16_autocast_trains_on_cpu(four_images, tmp_path):
 
 
 def test_amp_and_accumulate_options_are_checked():
-    from pixelwise.train import TrainConfig, _amp_dtype, _cpu_has_bf16
+    from pixelwise.training import TrainConfig
+    from pixelwise.training.loop import _amp_dtype, _cpu_has_bf16
 
     with pytest.raises(ConfigError, match="--amp"):
         TrainConfig(amp="fp8").validate()

@@ -9,7 +9,7 @@ import torch
 from pixelwise.errors import ConfigError
 from pixelwise.evaluate import evaluate_run
 from pixelwise.predict import Segmenter, forward_full, resize_image, scale_input
-from pixelwise.train import TrainConfig, train
+from pixelwise.training import TrainConfig, train
 
 TINY = {
     "model": "unet_same",

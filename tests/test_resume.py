@@ -24,7 +24,7 @@ from safetensors.torch import load_file
 from pixelwise.cli import main
 from pixelwise.errors import ConfigError
 from pixelwise.runs import load_training_state
-from pixelwise.train import TrainConfig, resume_config, train
+from pixelwise.training import TrainConfig, resume_config, train
 
 OPTIONS = [
     "--model", "unet_same", "--model-arg", "depth=2", "--model-arg", "base_width=4",
@@ -213,7 +213,7 @@ def test_death_between_files_keeps_the_previous_commit(digits_folder, tmp_path, 
 def test_death_after_commit_before_publishing_is_repaired(digits_folder, tmp_path, monkeypatch):
     """A crash after the commit but before last/best/metrics.csv were updated: resuming puts
     them in line with the committed checkpoint first."""
-    import pixelwise.train as train_module
+    import pixelwise.training.loop as train_module
 
     ref = tmp_path / "ref"
     train(TrainConfig(data=str(digits_folder), out=str(ref), epochs=2, **TINY))
@@ -268,7 +268,7 @@ def test_resume_of_a_run_without_checkpoint_is_a_clear_error(tmp_path, capsys):
 
 def test_divergence_keeps_the_last_good_checkpoint(digits_folder, tmp_path, monkeypatch):
     """The loss turns NaN in epoch 2: training stops with advice, epoch 1 stays resumable."""
-    import pixelwise.train as train_module
+    import pixelwise.training.loop as train_module
 
     real = train_module.pixel_cross_entropy
     calls = [0]

@@ -18,7 +18,7 @@ from pixelwise.data.classes import ClassInfo
 from pixelwise.errors import ConfigError
 from pixelwise.predict import Segmenter, predict_files
 from pixelwise.tiles import check_tiling, gaussian_window, min_tile, predict_tiled, tile_spans
-from pixelwise.train import TrainConfig, train
+from pixelwise.training import TrainConfig, train
 
 TOL = 1e-4  # max abs logit difference between tiled and whole-image float32 passes
 # Blended tiles vs whole image on a random unet_same (depth 2, base_width 8), tiles >= 64 px:

@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 from pixelwise.errors import ConfigError
 from pixelwise.predict import Segmenter, forward_full
 from pixelwise.runs import load_run
-from pixelwise.train import TrainConfig, TrainingDiverged, train
+from pixelwise.training import TrainConfig, TrainingDiverged, train
 
 TINY = {
     "model": "unet_same",

@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from pixelwise.cli import main
 from pixelwise.errors import ConfigError
-from pixelwise.train import TrainConfig, train
+from pixelwise.training import TrainConfig, train
 
 TINY = {
     "model": "unet_same",

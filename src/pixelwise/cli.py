@@ -349,7 +349,7 @@ def _add_max_image_pixels(p: Any) -> None:
 
 
 def _train_config(args: argparse.Namespace, base: dict[str, Any]):
-    from pixelwise.train import TrainConfig
+    from pixelwise.training import TrainConfig
 
     d = dict(base)
     simple = (
@@ -445,7 +445,7 @@ def _given_options(argv: Sequence[str]) -> argparse.Namespace:
 
 def _resume_train_config(args: argparse.Namespace):
     """``--resume RUN``: the run's own options plus the ones given now (checked)."""
-    from pixelwise.train import resume_config
+    from pixelwise.training import resume_config
 
     given = _given_options(getattr(args, "argv", None) or [])
     return resume_config(args.resume, _train_config_dict(given))
@@ -455,7 +455,7 @@ def _train_config_dict(given: argparse.Namespace) -> dict[str, Any]:
     """The TrainConfig fields set by the options in ``given`` (no defaults filled in)."""
     from dataclasses import fields
 
-    from pixelwise.train import TrainConfig
+    from pixelwise.training import TrainConfig
 
     config = _train_config(given, {"resume": True})
     defaults = TrainConfig()
@@ -492,7 +492,7 @@ def _print_summary(summary: dict[str, Any]) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from pixelwise.train import train
+    from pixelwise.training import train
 
     config = _resume_train_config(args) if args.resume else _train_config(args, {})
     summary = train(
@@ -508,7 +508,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from pixelwise.evaluate import evaluate_run
-    from pixelwise.train import train
+    from pixelwise.training import train
 
     base = {**DEMO, "out": "runs/demo"}
     config = _train_config(args, base)

@@ -12,7 +12,7 @@ import pixelwise.data.balance as balance
 from pixelwise.data import open_dataset
 from pixelwise.data.balance import cached_class_pixel_counts, median_frequency_weights
 from pixelwise.data.cache import cache_dir
-from pixelwise.train import TrainConfig, train
+from pixelwise.training import TrainConfig, train
 from tests.conftest import SHARED_DATA
 
 

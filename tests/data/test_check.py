@@ -14,7 +14,7 @@ from pixelwise.cli import main
 from pixelwise.data.camvid import CAMVID_CLASSES
 from pixelwise.data.check import CheckReport, check_dataset
 from pixelwise.errors import DataError
-from pixelwise.train import TrainConfig, train
+from pixelwise.training import TrainConfig, train
 
 H, W = 40, 56
 

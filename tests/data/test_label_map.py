@@ -14,7 +14,7 @@ from pixelwise.data import open_dataset
 from pixelwise.data.check import check_dataset
 from pixelwise.data.layouts import label_map_text, parse_label_map
 from pixelwise.errors import ConfigError
-from pixelwise.train import TrainConfig, train
+from pixelwise.training import TrainConfig, train
 
 H, W = 40, 56
 

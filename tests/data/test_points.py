@@ -88,7 +88,7 @@ def test_auto_class_weights_with_points_come_from_the_clicked_pixels(digits_fold
 
     from pixelwise.data import open_dataset
     from pixelwise.data.balance import class_pixel_counts, median_frequency_weights
-    from pixelwise.train import TrainConfig, train
+    from pixelwise.training import TrainConfig, train
 
     common = dict(
         data=str(digits_folder), epochs=1, model="unet_same", batch_size=4, crop_size=32,

@@ -10,7 +10,7 @@ from pixelwise.errors import ConfigError
 from pixelwise.heatmap import CLASSIFIER_FILE, FORMAT, META_FILE, load_patch_classifier
 from pixelwise.models import build, transfer_weights
 from pixelwise.models.convolutionalized import classifier_state, mirror_pad
-from pixelwise.train import TrainConfig, train
+from pixelwise.training import TrainConfig, train
 
 K = DIGITS_CLASSES.num_classes
 

@@ -25,7 +25,7 @@ from pixelwise.data.digits import DigitsScenes  # noqa: E402
 from pixelwise.data.io import write_image  # noqa: E402
 from pixelwise.predict import Segmenter  # noqa: E402
 from pixelwise.serve.app import create_app  # noqa: E402
-from pixelwise.train import TrainConfig, train  # noqa: E402
+from pixelwise.training import TrainConfig, train  # noqa: E402
 
 ARGS = [
     "--no-sandbox",

@@ -17,7 +17,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -47,6 +47,7 @@ from pixelwise.runs import (
     save_training_state,
     weights_tag,
 )
+from pixelwise.training.config import TrainConfig, resume_free_fields
 
 __all__ = [
     "RESUME_FREE_OPTIONS",
@@ -80,165 +81,6 @@ class Bar(Protocol):
 
 
 ProgressFactory = Callable[..., Bar]
-
-
-@dataclass
-class TrainConfig:
-    """Every option of a training run (the resolved copy is saved as ``RUN/config.json``)."""
-
-    data: str = "digits"
-    data_args: dict[str, Any] = field(default_factory=dict)  # e.g. {"num_images": 2000} for digits
-    model: str = "fcn8s"
-    out: str = "runs/latest"
-    epochs: int = 10
-    batch_size: int = 8
-    lr: float = 0.01
-    optimizer: str = "sgd"  # sgd | adamw
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: str = "poly"  # poly | cosine | constant
-    width: float = 1.0
-    model_args: dict[str, Any] = field(default_factory=dict)
-    crop_size: int = 256
-    scale_min: float = 0.75
-    scale_max: float = 1.25
-    input_scale: float = 1.0  # the model sees images resized by this (0.5: half resolution)
-    hflip: bool = True
-    rotate: float = 0.0  # max random rotation in degrees (0: off)
-    elastic: float = 0.0  # U-Net elastic deformation: std (px) of the 3x3 coarse displacements
-    color_jitter: float = 0.0  # brightness/contrast/saturation factors in [1 - F, 1 + F]
-    points: int = 0  # keep N clicked pixels per class of each training image (0: dense masks)
-    loss: str = "ce"  # ce | weighted-ce (cross-entropy times a per-pixel weight map)
-    weight_map: str | None = None  # "unet": the U-Net border weight map (for weighted-ce)
-    w0: float = 10.0  # weight map: height of the separation term
-    sigma: float = 5.0  # weight map: width (px) of the separation term
-    cache: str = "auto"  # keep decoded training images in memory: on | off | auto
-    class_weights: list[float] | str | None = None  # None, "auto" (median frequency) or a list
-    channels: int | None = None
-    seed: int = 0
-    workers: int = 0
-    device: str = "auto"
-    init_from: str | None = None
-    encoder_weights: str | None = None
-    val_fraction: float = 0.1
-    data_format: str = "auto"  # dataset layout: auto, generic, voc, camvid, isbi, drive, cityscapes
-    label_map: str | None = None  # mask value -> label, e.g. "255:1" or "0:0,255:ignore"
-    check_data: bool = True  # read every file first (as `pixelwise data check`); stop on problems
-    overlays: int = 4
-    log_every: int = 10
-    val_every: int = 1  # validate (and plot, keep best/last) every N epochs and after the last
-    deterministic: bool = False
-    channels_last: bool = True  # NHWC activations: faster CPU training steps (bench/models.py)
-    overwrite: bool = False
-    resume: bool = False  # continue the run in ``out`` from its last committed checkpoint
-    save_every: int = 0  # also commit a resumable checkpoint every N steps (0: epoch ends only)
-    sync_bn: bool = False  # SyncBatchNorm across processes under torchrun (CUDA only)
-    amp: str = "auto"  # autocast: auto | off | bf16 | fp16 (see _amp_dtype)
-    accumulate: int = 1  # gradient accumulation: micro-batches of batch_size per optimizer step
-
-    def validate(self) -> None:
-        """Raise ConfigError naming the option for any nonsensical value."""
-
-        def need(cond: bool, option: str, what: str) -> None:
-            if not cond:
-                raise ConfigError(f"--{option.replace('_', '-')}: {what}")
-
-        need(self.epochs >= 1, "epochs", f"must be at least 1, got {self.epochs}")
-        need(self.batch_size >= 1, "batch_size", f"must be at least 1, got {self.batch_size}")
-        need(math.isfinite(self.lr) and self.lr > 0, "lr", f"must be positive, got {self.lr}")
-        need(self.optimizer in ("sgd", "adamw"), "optimizer", "choose 'sgd' or 'adamw'")
-        need(0 <= self.momentum < 1, "momentum", f"must be in [0, 1), got {self.momentum}")
-        need(self.weight_decay >= 0, "weight_decay", "must be >= 0")
-        need(
-            self.schedule in ("poly", "cosine", "constant"),
-            "schedule",
-            "choose 'poly', 'cosine' or 'constant'",
-        )
-        need(
-            math.isfinite(self.width) and 0 < self.width <= 4,
-            "width",
-            f"must be in (0, 4], got {self.width}",
-        )
-        need(self.crop_size >= 8, "crop_size", f"must be at least 8, got {self.crop_size}")
-        need(
-            0 < self.scale_min <= self.scale_max,
-            "scale",
-            f"need 0 < min <= max, got {self.scale_min}..{self.scale_max}",
-        )
-        need(
-            math.isfinite(self.input_scale) and 0.05 <= self.input_scale <= 4,
-            "input_scale",
-            f"must be between 0.05 and 4, got {self.input_scale}",
-        )
-        need(self.channels in (None, 1, 3), "channels", "must be 1 or 3")
-        need(self.workers >= 0, "workers", "must be >= 0")
-        need(0 < self.val_fraction < 1, "val_fraction", "must be between 0 and 1")
-        from pixelwise.data.layouts import FORMATS, parse_label_map
-        from pixelwise.models import available, unknown_model
-
-        # the model name before the (possibly long) data check; its arguments at build time
-        need(self.model in available(), "model", unknown_model(self.model))
-
-        need(self.data_format in FORMATS, "format", f"choose one of {', '.join(FORMATS)}")
-        parse_label_map(self.label_map)  # ConfigError naming --label-map
-        need(self.overlays >= 0, "overlays", "must be >= 0")
-        need(self.log_every >= 1, "log_every", "must be >= 1")
-        need(
-            isinstance(self.val_every, int) and self.val_every >= 1,
-            "val_every",
-            f"must be an integer >= 1 (epochs), got {self.val_every!r}",
-        )
-        need(self.amp in AMP_MODES, "amp", f"choose one of {', '.join(AMP_MODES)}")
-        need(
-            isinstance(self.accumulate, int) and self.accumulate >= 1,
-            "accumulate",
-            f"must be an integer >= 1, got {self.accumulate!r}",
-        )
-        need(0 <= self.rotate <= 180, "rotate", f"must be 0..180 degrees, got {self.rotate}")
-        need(
-            math.isfinite(self.elastic) and self.elastic >= 0,
-            "elastic",
-            f"must be >= 0 pixels, got {self.elastic}",
-        )
-        need(0 <= self.color_jitter <= 1, "color_jitter", f"must be 0..1, got {self.color_jitter}")
-        need(self.points >= 0, "points", f"must be >= 0 (0: dense masks), got {self.points}")
-        need(self.loss in ("ce", "weighted-ce"), "loss", "choose 'ce' or 'weighted-ce'")
-        need(self.weight_map in (None, "unet"), "weight_map", "choose 'unet'")
-        need(
-            self.loss != "weighted-ce" or self.weight_map is not None,
-            "loss",
-            "weighted-ce needs a weight map; add --weight-map unet",
-        )
-        need(
-            self.weight_map is None or self.loss == "weighted-ce",
-            "weight_map",
-            "is used by --loss weighted-ce; add it",
-        )
-        need(math.isfinite(self.w0) and self.w0 >= 0, "w0", f"must be >= 0, got {self.w0}")
-        need(math.isfinite(self.sigma) and self.sigma > 0, "sigma", "must be > 0 pixels")
-        need(
-            not (self.points and self.weight_map),
-            "points",
-            "border weight maps need dense masks; drop --weight-map or --points",
-        )
-        need(self.cache in ("on", "off", "auto"), "cache", "choose 'on', 'off' or 'auto'")
-        need(self.save_every >= 0, "save_every", f"must be >= 0 steps, got {self.save_every}")
-        if isinstance(self.class_weights, str):
-            need(self.class_weights == "auto", "class_weights", "give 'auto', 'none' or numbers")
-        elif self.class_weights is not None:
-            need(
-                all(math.isfinite(w) and w >= 0 for w in self.class_weights),
-                "class_weights",
-                "must be non-negative numbers",
-            )
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ConfigError(f"unknown training option(s): {', '.join(unknown)}")
-        return cls(**d)
 
 
 def _open_data(config: TrainConfig, split: str, channels: int | None, classes=None, label_map=None):
@@ -326,9 +168,6 @@ def _seed_everything(seed: int, deterministic: bool) -> None:
     torch.manual_seed(seed)
     if deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
-
-
-AMP_MODES = ("auto", "off", "bf16", "fp16")
 
 
 def _cpu_has_bf16() -> bool:
@@ -827,17 +666,7 @@ def _pictures(out: Path, rows, classes, examples, epoch: int) -> None:
 
 #: Options that may differ from the run's own when resuming: they do not change the result
 #: (``epochs`` extends the run; the learning-rate schedule is re-planned to the new end).
-RESUME_FREE_OPTIONS = (
-    "epochs",
-    "workers",
-    "device",
-    "log_every",
-    "val_every",
-    "save_every",
-    "overlays",
-    "cache",
-    "check_data",
-)
+RESUME_FREE_OPTIONS = resume_free_fields()
 
 
 def resume_config(run: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
