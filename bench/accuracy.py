@@ -142,7 +142,7 @@ def _time_budget_epochs(config, minutes: float, val_images: int, val_pixels: int
     from pixelwise.data import open_dataset
     from pixelwise.losses import pixel_cross_entropy
     from pixelwise.models import build
-    from pixelwise.training.loop import _amp_dtype
+    from pixelwise.training.amp import amp_dtype as _amp_dtype
 
     amp = _amp_dtype(config.amp, torch.device("cpu"))
     ds = open_dataset(config.data, "train", **config.data_args)

@@ -365,7 +365,8 @@ def test_bf16_autocast_trains_on_cpu(four_images, tmp_path):
 
 def test_amp_and_accumulate_options_are_checked():
     from pixelwise.training import TrainConfig
-    from pixelwise.training.loop import _amp_dtype, _cpu_has_bf16
+    from pixelwise.training.amp import amp_dtype as _amp_dtype
+    from pixelwise.training.amp import cpu_has_bf16 as _cpu_has_bf16
 
     with pytest.raises(ConfigError, match="--amp"):
         TrainConfig(amp="fp8").validate()

@@ -146,6 +146,28 @@ def test_ctrl_c_saves_mid_epoch_then_resume_equals_uninterrupted_run(
     assert point.epoch >= 1
 
 
+@pytest.mark.slow
+def test_resume_as_printed_keeps_the_runs_thread_count(digits_folder, reference, tmp_path):
+    """Issue 19: the run was trained with --threads 1; the resume command the product prints
+    (no --threads) on a process whose default is 2 threads must still continue it bit for bit,
+    and say which options it took from the run."""
+    out = tmp_path / "run"
+    done = _start_and_signal(digits_folder, out, signal.SIGKILL)
+    assert done.returncode == -signal.SIGKILL
+    assert not (out / "summary.json").exists(), "finished before the kill: nothing was tested"
+    assert json.loads((out / "config.json").read_text())["train"]["threads"] == 1
+    resumed = subprocess.run(
+        [sys.executable, "-m", "pixelwise", "train", "--resume", str(out)],
+        env={**_env(), "OMP_NUM_THREADS": "2"},  # the default thread count is now 2
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert "options from the run: " in resumed.stderr and "--threads 1" in resumed.stderr
+    _assert_same_run(reference, out)
+
+
 TINY = {
     "model": "unet_same",
     "model_args": {"depth": 2, "base_width": 4},
@@ -318,3 +340,22 @@ def test_resume_from_an_epoch_without_validation(digits_folder, tmp_path, monkey
     train(resume_config(out))
     assert _same_weights(ref, out)
     assert _rows(ref) == _rows(out) and [r["epoch"] for r in _rows(out)] == ["2", "3"]
+
+
+def test_resume_free_options_default_to_the_runs_own(digits_folder, tmp_path):
+    """Options that may change on resume keep the run's values unless given (and the note
+    says which were taken from the run and which were changed)."""
+    from pixelwise.training.resume import resume_note
+
+    out = tmp_path / "run"
+    train(
+        TrainConfig(data=str(digits_folder), out=str(out), epochs=1, threads=1, val_every=1, **TINY)
+    )
+    config = resume_config(out, {"epochs": 2})
+    assert (config.threads, config.device, config.epochs) == (1, "cpu", 2)
+    note = resume_note(config)
+    assert "--threads 1" in note.split("; changed now")[0] and "--epochs 2 (was 1)" in note
+    assert "not be bit-equal" not in note
+    changed = resume_config(out, {"epochs": 2, "threads": 2})
+    assert changed.threads == 2
+    assert "--threads 2 (was 1)" in resume_note(changed) and "bit-equal" in resume_note(changed)

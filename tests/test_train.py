@@ -194,3 +194,16 @@ def test_auto_class_weights_are_recorded(digits_folder, tmp_path):
     )
     weights = json.loads((out / "config.json").read_text())["class_weights"]
     assert len(weights) == 11 and weights[0] < 0.5  # background is the frequent class
+
+
+def test_sync_bn_is_refused_where_it_cannot_act(tmp_path):
+    """--sync-bn needs several CUDA processes under torchrun: elsewhere it is a one-line error
+    before anything is written, not a silent no-op."""
+    out = tmp_path / "run"
+    config = TrainConfig(
+        data="digits", data_args={"num_images": 8}, model="unet_same", width=0.125, epochs=1,
+        crop_size=32, device="cpu", sync_bn=True, out=str(out),
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match="--sync-bn: .*drop it"):
+        train(config)
+    assert not out.exists()

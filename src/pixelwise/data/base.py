@@ -38,6 +38,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
     channels: int
     names: list[str]
     notes: Sequence[str] = ()  # choices worth telling the user ("0/255 masks read as binary")
+    label_map: Mapping[int, int] | None = None  # mask value -> label applied when reading
 
     def __len__(self) -> int:
         raise NotImplementedError
