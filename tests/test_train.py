@@ -207,3 +207,27 @@ def test_sync_bn_is_refused_where_it_cannot_act(tmp_path):
     with pytest.raises(ConfigError, match="--sync-bn: .*drop it"):
         train(config)
     assert not out.exists()
+
+
+def test_tensorboard_logs_each_validated_epoch(tmp_path):
+    """--tensorboard: the metrics rows as scalars at their steps, and the overlays as images."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    summary = train(
+        TrainConfig(
+            data="digits", data_args={"num_images": 8}, model="unet_same", width=0.125,
+            epochs=2, crop_size=32, batch_size=4, device="cpu", overlays=2, tensorboard=True,
+            out=str(out),
+        )
+    )  # fmt: skip
+    events = EventAccumulator(str(out / "tensorboard"), size_guidance={"images": 0})
+    events.Reload()
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    miou = events.Scalars("val/mean_iou")
+    assert [e.step for e in miou] == [int(r["step"]) for r in rows]
+    assert [round(e.value, 5) for e in miou] == [round(float(r["val_mean_iou"]), 5) for r in rows]
+    assert {"train_loss", "lr", "val/loss", "val_iou/background"} <= set(events.Tags()["scalars"])
+    images = events.Images("val/overlays")
+    assert len(images) == 2 and images[-1].width > 32
+    assert summary["epochs"] == 2

@@ -304,6 +304,14 @@ class TrainConfig:
     overlays: int = opt(
         4, "validation images drawn in RUN/overlays/ per epoch", group="run", resume="free"
     )
+    tensorboard: bool = opt(
+        False,
+        "also log the metrics, learning rate and validation overlays of each validated epoch "
+        "to RUN/tensorboard/ (watch with: tensorboard --logdir RUN; needs pip install "
+        "'pixelwise[tensorboard]')",
+        group="run",
+        resume="free",
+    )
     sync_bn: bool = opt(
         False,
         "under torchrun on CUDA devices: synchronise BatchNorm statistics across GPUs",

@@ -30,7 +30,7 @@ from pixelwise.losses import pixel_cross_entropy
 from pixelwise.runs import has_resume_point, publish_checkpoint, save_training_state
 from pixelwise.training.amp import amp_dtype
 from pixelwise.training.config import TrainConfig
-from pixelwise.training.records import metrics_row, pictures, write_csv
+from pixelwise.training.records import TensorBoardLog, metrics_row, pictures, write_csv
 from pixelwise.training.resume import (
     LoopState,
     check_resumable_data,
@@ -139,6 +139,7 @@ class Trainer:
     start: float = 0.0
     committed: bool = False
     init_note: str | None = None
+    tensorboard: TensorBoardLog | None = None
 
     @property
     def batches(self) -> int:
@@ -268,6 +269,7 @@ def _set_up(
     t.start = time.perf_counter() - t.state.elapsed
     t.committed = point is not None
     t.init_note = init_note
+    t.tensorboard = TensorBoardLog(out) if config.tensorboard and main else None
     return t
 
 
@@ -427,6 +429,9 @@ def _publish(
         publish_checkpoint(t.out, "best", weights_file, info)
     write_csv(t.out / "metrics.csv", t.state.rows)
     pictures(t.out, t.state.rows, t.data.classes, examples, epoch)
+    if t.tensorboard is not None:
+        overlay = t.out / "overlays" / f"epoch_{epoch:03d}.png" if examples else None
+        t.tensorboard.epoch(t.state.rows[-1], t.data.classes, overlay)
 
 
 def _summary(t: Trainer) -> dict[str, Any]:
@@ -445,6 +450,8 @@ def _summary(t: Trainer) -> dict[str, Any]:
         summary["init"] = t.init_note
     if t.dist.is_main:
         write_json(t.out / "summary.json", summary)
+    if t.tensorboard is not None:
+        t.tensorboard.close()
     return summary
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from pixelwise.files import atomic_open
 
-__all__ = ["metrics_row", "pictures", "write_csv"]
+__all__ = ["TensorBoardLog", "metrics_row", "pictures", "write_csv"]
 
 
 def metrics_row(
@@ -57,3 +57,48 @@ def pictures(out: Path, rows, classes, examples, epoch: int) -> None:
             out / "overlays" / f"epoch_{epoch:03d}.png",
             title=f"validation, epoch {epoch}",
         )
+
+
+class TensorBoardLog:
+    """``--tensorboard``: each validated epoch's metrics row (losses, scores, per-class IoU,
+    learning rate) as scalars at its optimizer step, and its overlay picture as an image, in
+    ``RUN/tensorboard/`` (a resumed run appends a new event file; TensorBoard merges them)."""
+
+    def __init__(self, out: Path) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            from pixelwise.errors import ConfigError
+
+            raise ConfigError(
+                "--tensorboard: the tensorboard package is not installed; "
+                "pip install 'pixelwise[tensorboard]' or drop --tensorboard"
+            ) from None
+        self._writer_class = SummaryWriter
+        self.folder = out / "tensorboard"
+        self._writer: Any = None
+
+    def epoch(self, row: dict[str, Any], classes, overlay: Path | None) -> None:
+        if self._writer is None:
+            self._writer = self._writer_class(log_dir=str(self.folder))
+        step = int(row["step"])
+        for key, value in row.items():
+            if key in ("epoch", "step", "time_s") or value == "":
+                continue
+            if key.startswith("val_iou_"):
+                name = f"val_iou/{classes.names[int(key[len('val_iou_') :])]}"
+            else:
+                name = key.replace("val_", "val/", 1) if key.startswith("val_") else key
+            self._writer.add_scalar(name, float(value), step)
+        if overlay is not None and overlay.is_file():
+            import numpy as np
+            from PIL import Image
+
+            with Image.open(overlay) as im:
+                picture = np.asarray(im.convert("RGB"))
+            self._writer.add_image("val/overlays", picture, step, dataformats="HWC")
+        self._writer.flush()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
