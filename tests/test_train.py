@@ -223,7 +223,8 @@ def test_tensorboard_logs_each_validated_epoch(tmp_path):
     )  # fmt: skip
     events = EventAccumulator(str(out / "tensorboard"), size_guidance={"images": 0})
     events.Reload()
-    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    with open(out / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
     miou = events.Scalars("val/mean_iou")
     assert [e.step for e in miou] == [int(r["step"]) for r in rows]
     assert [round(e.value, 5) for e in miou] == [round(float(r["val_mean_iou"]), 5) for r in rows]
