@@ -10,6 +10,10 @@ pixel but a few clicked points) contribute nothing and are not counted in the de
 sparsely labelled image gets as much weight per labelled pixel as a dense one. (PyTorch's own
 weighted ``cross_entropy`` divides by the sum of the class weights instead; we divide by the pixel
 count so that class weights change the balance between classes and not the overall step size.)
+
+``soft_dice_loss`` is nnU-Net's companion term (``--loss dice-ce`` adds it to the cross-entropy):
+one minus the soft Dice of the softmax against the labels, per class over the whole batch,
+averaged over the classes that occur in the batch's labels or predictions.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["align_target", "pixel_cross_entropy"]
+__all__ = ["align_target", "pixel_cross_entropy", "soft_dice_loss"]
 
 
 def align_target(
@@ -75,3 +79,38 @@ def pixel_cross_entropy(
         nll = nll * align_target(pixel_weights, h, w, border)
     count = (target != ignore_index).sum()
     return nll.sum() / count.clamp(min=1)
+
+
+def soft_dice_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    ignore_index: int = 255,
+    border: int | None = None,
+    smooth: float = 1e-5,
+) -> torch.Tensor:
+    """``1 - mean_c 2 |P_c . T_c| / (|P_c| + |T_c|)`` over labelled pixels (batch Dice).
+
+    Args:
+        logits: ``(N, C, h, w)`` raw scores; ``P = softmax(logits)``.
+        target: ``(N, H, W)`` int64 labels (cut like :func:`pixel_cross_entropy` does);
+            ``ignore_index`` pixels count for neither P nor T.
+        smooth: added to numerator and denominator (nnU-Net's 1e-5).
+
+    Returns:
+        Scalar in [0, 1]; 0 when every labelled pixel is predicted with certainty. Classes with
+        no mass in P or T over the batch are left out of the mean.
+    """
+    h, w = logits.shape[-2:]
+    target = align_target(target, h, w, border)
+    labelled = (target != ignore_index).unsqueeze(1)  # (N, 1, h, w)
+    probs = torch.softmax(logits.float(), dim=1) * labelled
+    safe = torch.where(labelled.squeeze(1), target, torch.zeros_like(target))
+    onehot = F.one_hot(safe, logits.shape[1]).permute(0, 3, 1, 2).to(probs.dtype) * labelled
+    dims = (0, 2, 3)
+    intersection = (probs * onehot).sum(dims)
+    total = probs.sum(dims) + onehot.sum(dims)
+    present = total > 0
+    if not bool(present.any()):
+        return logits.sum() * 0.0
+    dice = (2 * intersection + smooth) / (total + smooth)
+    return 1 - dice[present].mean()

@@ -81,6 +81,11 @@ def _check_optimisation(c: TrainConfig) -> None:
     _need(_finite(c.lr) and c.lr > 0, "lr", f"must be positive, got {c.lr}")
     _need(0 <= c.momentum < 1, "momentum", f"must be in [0, 1), got {c.momentum}")
     _need(c.weight_decay >= 0, "weight_decay", "must be >= 0")
+    _need(
+        c.budget is None or (_finite(c.budget) and c.budget > 0),
+        "budget",
+        f"must be a positive duration, got {c.budget}",
+    )
     _need(c.accumulate >= 1, "accumulate", f"must be an integer >= 1, got {c.accumulate!r}")
     _need(_finite(c.width) and 0 < c.width <= 4, "width", f"must be in (0, 4], got {c.width}")
     from pixelwise.models import available, unknown_model

@@ -26,9 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from pixelwise.errors import ConfigError
+from pixelwise.training.budget import parse_duration
 
 __all__ = [
     "AMP_MODES",
+    "parse_class_weights",
+    "parse_duration",
     "TrainConfig",
     "option_flag",
     "read_config_file",
@@ -158,6 +161,15 @@ class TrainConfig:
         resume="free",
         demo=True,
     )
+    budget: float | None = opt(
+        None,
+        "wall-clock budget of the run, the last validation and checkpoint included: 20m, 1.5h, "
+        "90s or seconds; training ends early, validated and saved, rather than run over",
+        group="optimisation",
+        metavar="TIME",
+        parse="parse_duration",
+        resume="free",
+    )
     batch_size: int = opt(8, "images per step", group="optimisation", demo=True)
     lr: float = opt(0.01, "peak learning rate", group="optimisation", demo=True)
     optimizer: str = opt("sgd", "optimizer", group="optimisation", choices=("sgd", "adamw"))
@@ -186,9 +198,11 @@ class TrainConfig:
     )
     loss: str = opt(
         "ce",
-        "ce, or weighted-ce: cross-entropy times a per-pixel weight map (--weight-map)",
+        "ce; weighted-ce: cross-entropy times a per-pixel weight map (--weight-map); dice-ce: "
+        "cross-entropy plus soft Dice over the batch (nnU-Net's default; good for thin or small "
+        "structures)",
         group="optimisation",
-        choices=("ce", "weighted-ce"),
+        choices=("ce", "weighted-ce", "dice-ce"),
     )
     weight_map: str | None = opt(
         None,
@@ -388,6 +402,9 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         else:
             flat[key] = value
     flat.pop("resume", None)
+    for f in fields(TrainConfig):  # text values of options the CLI parses ("20m", "auto")
+        if "parse" in f.metadata and isinstance(flat.get(f.name), str):
+            flat[f.name] = globals()[f.metadata["parse"]](flat[f.name])
     return flat
 
 

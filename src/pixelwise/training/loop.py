@@ -26,9 +26,10 @@ from pixelwise.data.transforms import default_normalization
 from pixelwise.errors import ConfigError, PixelwiseError
 from pixelwise.evaluate import evaluate_dataset
 from pixelwise.files import write_json
-from pixelwise.losses import pixel_cross_entropy
+from pixelwise.losses import pixel_cross_entropy, soft_dice_loss
 from pixelwise.runs import has_resume_point, publish_checkpoint, save_training_state
 from pixelwise.training.amp import amp_dtype
+from pixelwise.training.budget import Budget
 from pixelwise.training.config import TrainConfig
 from pixelwise.training.records import TensorBoardLog, metrics_row, pictures, write_csv
 from pixelwise.training.resume import (
@@ -76,6 +77,7 @@ def train(
     Under ``torchrun`` (``WORLD_SIZE`` > 1) it trains data-parallel; rank 0 writes the files.
     """
     config.validate()
+    started = time.perf_counter()
     dist, device, created = distributed.init(config.device)
     made: list[Path] = []  # the run directory, once this call has created it
     try:
@@ -85,7 +87,7 @@ def train(
                 "here there is nothing to synchronise, drop it"
             )
         with stop_on_signals() as stop, torch_threads(config.threads):
-            return _train(config, progress, log, dist, device, stop, made)
+            return _train(config, progress, log, dist, device, stop, made, started)
     except (PixelwiseError, KeyboardInterrupt):
         # bad data found while training (e.g. with the data check off), or Ctrl-C, before
         # anything was committed: leave no half-made run directory behind
@@ -140,6 +142,7 @@ class Trainer:
     committed: bool = False
     init_note: str | None = None
     tensorboard: TensorBoardLog | None = None
+    budget: Budget | None = None
 
     @property
     def batches(self) -> int:
@@ -155,10 +158,11 @@ def _train(
     device: torch.device,
     stop: StopFlag,
     made: list[Path],
+    started: float,
 ) -> dict[str, Any]:
     if config.threads is None:  # record the count used: --resume keeps it (bit-equal sums)
         config = dataclasses.replace(config, threads=torch.get_num_threads())
-    t = _set_up(config, progress, log, dist, device, stop, made)
+    t = _set_up(config, progress, log, dist, device, stop, made, started)
     s = t.state
     stop.armed = True
     for epoch in range(s.epoch, config.epochs + 1):
@@ -168,8 +172,9 @@ def _train(
         t.generator.manual_seed(distributed.mix_seed(config.seed, epoch))
         loss_sum, window, seen = _train_epoch(t, epoch, first)
         train_loss = _mean_over_ranks(loss_sum, dist) / max(1, seen)
+        out_of_time = t.budget is not None and t.budget.stopped
 
-        if epoch % config.val_every and epoch < config.epochs:
+        if epoch % config.val_every and epoch < config.epochs and not out_of_time:
             # no validation this epoch: commit the finished batches (resuming validates nothing
             # twice), and go on unless a stop was requested
             _commit(t, epoch, t.batches, window, loss_sum)
@@ -177,33 +182,42 @@ def _train(
                 raise _interrupted(t, epoch, t.batches)
             continue
 
-        val = _validate(t, epoch)
-        s.rows.append(
-            metrics_row(
-                epoch,
-                s.step,
-                t.scheduler.get_last_lr()[0],
-                train_loss,
-                val,
-                time.perf_counter() - t.start,
-            )
-        )
-        miou = val.scores["mean_iou"] if not math.isnan(val.scores["mean_iou"]) else 0.0
-        improved = miou > s.best_miou
-        if improved:
-            s.best_miou, s.best_epoch = miou, epoch
-        info = {"epoch": epoch, "step": s.step, "val": val.scores, "train_loss": train_loss}
-        weights_file = _commit(t, epoch, t.batches, window, loss_sum, info=info)
-        if dist.is_main and weights_file is not None:
-            _publish(t, weights_file, info, improved, val.examples, epoch)
-        t.say(
-            f"epoch {epoch}/{config.epochs}: train loss {train_loss:.4f}, val loss "
-            f"{val.loss:.4f}, pixel acc {val.scores['pixel_accuracy']:.4f}, "
-            f"mean IoU {val.scores['mean_iou']:.4f}"
-        )
+        _validate_and_commit(t, epoch, train_loss, window, loss_sum)
+        if out_of_time:
+            t.say(f"budget: stopped after epoch {epoch} to finish within {config.budget:.0f} s")
+            break
         if epoch < config.epochs and distributed.any_true(stop.requested, device):
             raise _interrupted(t, epoch, t.batches)
     return _summary(t)
+
+
+def _validate_and_commit(
+    t: Trainer, epoch: int, train_loss: float, window: torch.Tensor, loss_sum: torch.Tensor
+) -> None:
+    """Score the epoch, add its metrics row, commit it and publish last/best and pictures."""
+    s = t.state
+    began = time.perf_counter()
+    val = _validate(t, epoch)
+    validated = time.perf_counter()
+    lr = t.scheduler.get_last_lr()[0]
+    s.rows.append(metrics_row(epoch, s.step, lr, train_loss, val, validated - t.start))
+    miou = val.scores["mean_iou"] if not math.isnan(val.scores["mean_iou"]) else 0.0
+    improved = miou > s.best_miou
+    if improved:
+        s.best_miou, s.best_epoch = miou, epoch
+    info = {"epoch": epoch, "step": s.step, "val": val.scores, "train_loss": train_loss}
+    weights_file = _commit(t, epoch, t.batches, window, loss_sum, info=info)
+    if t.dist.is_main and weights_file is not None:
+        _publish(t, weights_file, info, improved, val.examples, epoch)
+    if t.budget is not None:
+        t.budget.measured_validation(validated - began)
+        t.budget.measured_checkpoint(time.perf_counter() - validated)
+        t.budget.pause()
+    t.say(
+        f"epoch {epoch}/{t.config.epochs}: train loss {train_loss:.4f}, val loss "
+        f"{val.loss:.4f}, pixel acc {val.scores['pixel_accuracy']:.4f}, "
+        f"mean IoU {val.scores['mean_iou']:.4f}"
+    )
 
 
 def _set_up(
@@ -214,6 +228,7 @@ def _set_up(
     device: torch.device,
     stop: StopFlag,
     made: list[Path],
+    started: float,
 ) -> Trainer:
     """Data, model, run directory, batches, optimizer, and the resumed state if resuming (in
     this order: it fixes which random numbers each part draws)."""
@@ -270,7 +285,30 @@ def _set_up(
     t.committed = point is not None
     t.init_note = init_note
     t.tensorboard = TensorBoardLog(out) if config.tensorboard and main else None
+    if config.budget is not None:
+        t.budget = _start_budget(t, started)
     return t
+
+
+def _start_budget(t: Trainer, started: float) -> Budget:
+    """The budget's clock (from the start of :func:`train`, less what earlier sessions of a
+    resumed run spent) and first estimates: one validation image timed now, times the split;
+    a checkpoint at 50 MB/s of weights and optimizer state."""
+    budget = Budget(t.config.budget, started, spent=t.state.elapsed)
+    began = time.perf_counter()
+    evaluate_dataset(
+        t.core, t.data.val, t.mean, t.std, t.device,
+        progress=lambda indices: list(indices)[:1], input_scale=t.config.input_scale,
+    )  # fmt: skip
+    images = max(1, len(t.data.val) // t.dist.world_size)
+    budget.measured_validation((time.perf_counter() - began) * images)
+    state_bytes = 3 * sum(p.numel() * p.element_size() for p in t.core.parameters())
+    budget.measured_checkpoint(state_bytes / 50e6 + 0.5)
+    t.say(
+        f"budget {t.config.budget:.0f} s: {budget.left():.0f} s left after setting up; "
+        f"reserving ~{budget.reserve():.0f} s for the last validation and checkpoint"
+    )
+    return budget
 
 
 def _resume(t: Trainer, point: Any) -> None:
@@ -312,6 +350,13 @@ def _train_epoch(t: Trainer, epoch: int, first: int) -> tuple[torch.Tensor, torc
             ignore_index=t.data.classes.ignore_index,
             border=int(getattr(t.core, "border", 0)) or None,  # TODO(contract)
         )
+        if config.loss == "dice-ce":
+            loss = loss + soft_dice_loss(
+                logits,
+                y,
+                ignore_index=t.data.classes.ignore_index,
+                border=int(getattr(t.core, "border", 0)) or None,  # TODO(contract)
+            )
         if (i - 1) % acc == 0 or i == first + 1:  # a new accumulation group
             t.optimizer.zero_grad(set_to_none=True)
         t.scaler.scale(loss / group if group > 1 else loss).backward()
@@ -327,6 +372,9 @@ def _train_epoch(t: Trainer, epoch: int, first: int) -> tuple[torch.Tensor, torc
             _log_loss(t, bar, window, i, epoch)
         bar.update(1)
         boundary = i % acc == 0  # no gradient half-accumulated: a checkpoint may go here
+        budgeted = boundary and t.budget is not None and i < t.batches
+        if budgeted and distributed.any_true(t.budget.must_stop(), t.device):
+            break  # out of time: this epoch ends here, validated and committed
         stopping = boundary and distributed.any_true(t.stop.requested, t.device)
         at_save = config.save_every and boundary and s.step % config.save_every == 0
         if i < t.batches and (stopping or at_save):
@@ -335,7 +383,8 @@ def _train_epoch(t: Trainer, epoch: int, first: int) -> tuple[torch.Tensor, torc
             bar.close()
             raise _interrupted(t, epoch, i)
     bar.close()
-    if i < t.batches:  # the loader stopped early: its workers died of the same Ctrl-C
+    out_of_time = t.budget is not None and t.budget.stopped
+    if i < t.batches and not out_of_time:  # the loader stopped early: workers died of Ctrl-C
         if i % acc:  # inside an accumulation group: keep the last commit
             raise KeyboardInterrupt(
                 f"interrupted; resume with: pixelwise train --resume {t.out} (from the last "
@@ -354,7 +403,8 @@ def _log_loss(t: Trainer, bar: Any, window: torch.Tensor, i: int, epoch: int) ->
     if not math.isfinite(value):
         bar.close()
         raise _diverged(t, value, epoch)
-    bar.set_postfix(loss=f"{value:.4f}", lr=f"{t.scheduler.get_last_lr()[0]:.2e}")
+    left = {"left": t.budget.postfix()} if t.budget is not None else {}
+    bar.set_postfix(loss=f"{value:.4f}", lr=f"{t.scheduler.get_last_lr()[0]:.2e}", **left)
 
 
 def _validate(t: Trainer, epoch: int) -> Any:
@@ -448,6 +498,12 @@ def _summary(t: Trainer) -> dict[str, Any]:
     }
     if t.init_note:
         summary["init"] = t.init_note
+    if t.budget is not None:
+        summary["budget"] = {
+            "seconds": t.config.budget,
+            "stopped_early": t.budget.stopped,
+            "left_s": round(t.budget.left(), 1),
+        }
     if t.dist.is_main:
         write_json(t.out / "summary.json", summary)
     if t.tensorboard is not None:
