@@ -1,0 +1,1 @@
+"""Planning: a training configuration from the data, the machine and a time budget."""
