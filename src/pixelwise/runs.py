@@ -16,7 +16,10 @@ shared by someone else can never execute code when loaded (no pickle anywhere). 
 written atomically (temporary name, fsync, rename), and a resumable checkpoint is committed by
 writing ``resume.json`` after its files, so a crash (even SIGKILL) leaves the previous checkpoint
 whole: ``pixelwise train --resume RUN`` continues from it. Every JSON file read back is checked
-against its expected structure and version (a ConfigError names the file).
+against its format, version and structure (strict pydantic models: :class:`RunConfigFile`,
+:class:`CheckpointInfo`, :class:`CheckpointMarker`, :class:`TrainingStateFile`); a problem is
+one ConfigError line naming the file and the field, e.g. ``RUN/config.json: invalid run
+configuration: 'model.num_classes' must be a positive integer``.
 """
 
 from __future__ import annotations
