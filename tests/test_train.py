@@ -7,6 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from pixelwise.errors import ConfigError
+from pixelwise.models import build
 from pixelwise.predict import Segmenter, forward_full
 from pixelwise.runs import load_run
 from pixelwise.training import TrainConfig, TrainingDiverged, train
@@ -70,18 +71,33 @@ def test_run_directory_contents(trained):
 def test_saved_run_reloads_and_predicts_identically(trained, digits_folder):
     out, _ = trained
     run = load_run(out, "last")
-    # rebuild from scratch and compare with the raw weights in the file
     state = load_file(str(out / "last.safetensors"))
+    assert run.model.state_dict().keys() == state.keys()
     for k, v in run.model.state_dict().items():
         assert torch.equal(v, state[k]), k
+    # the reference: the saved weights loaded on their own into a freshly built model
+    config = json.loads((out / "config.json").read_text())
+    spec, norm = config["model"], config["normalization"]
+    torch.manual_seed(1234)
+    reference = build(spec["name"], spec["num_classes"], **spec["kwargs"]).eval()
+    assert getattr(reference, "border", 0) == 0  # output size = input size: no padding to redo
     seg = Segmenter.from_run(out, "last", device="cpu")
     image = seg.read(sorted((digits_folder / "val" / "images").iterdir())[0])
-    a = seg.logits(image)
-    b = seg.logits(image)
-    assert torch.equal(a, b)
-    assert a.shape[-2:] == image.shape[:2]
+    mean = torch.tensor(norm["mean"])[:, None, None]
+    std = torch.tensor(norm["std"])[:, None, None]
+    x = ((torch.from_numpy(image).permute(2, 0, 1).float() / 255 - mean) / std)[None]
+    with torch.no_grad():
+        untrained = reference(x)[0]
+        reference.load_state_dict(state)  # strict: every tensor of the file, nothing else
+        expected = reference(x)[0]
+    got = seg.logits(image)
+    assert got.shape == expected.shape and got.shape[-2:] == image.shape[:2]
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    # a load that silently kept the initial weights would be caught: they predict otherwise
+    assert (untrained - expected).abs().max() > 0.1
     mask = seg.predict(image)
     assert mask.dtype == np.uint8 and mask.shape == image.shape[:2]
+    assert (mask == expected.argmax(0).numpy()).mean() > 0.999
 
 
 def test_training_is_reproducible(digits_folder, tmp_path):

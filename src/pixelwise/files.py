@@ -1,8 +1,11 @@
 """Writing files so that nothing half-written is ever left behind.
 
 Every output (checkpoints, masks, JSON, plots) is written to a temporary name in the same folder,
-flushed and fsynced, then renamed over the destination: a crash leaves either the old file or the
-new one, never a truncated one.
+flushed and fsynced, then renamed over the destination, and the folder is fsynced: a crash leaves
+either the old file or the new one, never a truncated one.
+
+Commands that read files and write others check with :func:`check_outputs_apart` that no output
+can overwrite an input, and drop earlier outputs from their inputs with :func:`without_outputs`.
 """
 
 from __future__ import annotations
@@ -11,9 +14,11 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
+
+from pixelwise.errors import ConfigError
 
 
 @contextlib.contextmanager
@@ -40,6 +45,23 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
         raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: str | Path) -> None:
+    """Make the entries of ``folder`` (a rename into it) durable: fsync the folder itself.
+
+    Skipped silently where a folder cannot be opened or fsynced (Windows, some file systems).
+    """
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        with contextlib.suppress(OSError):
+            os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _umask() -> int:
@@ -71,3 +93,62 @@ def _nan_to_none(obj: Any) -> Any:
     if isinstance(obj, list | tuple):
         return [_nan_to_none(v) for v in obj]
     return obj
+
+
+def check_outputs_apart(
+    inputs: Iterable[str | Path],
+    out: str | Path,
+    *,
+    option: str = "--out",
+    protect: Iterable[str | Path] = (),
+) -> None:
+    """Refuse an output location ``out`` (a folder or a file) that could overwrite an input.
+
+    A ConfigError (one line naming ``option``) when ``out`` is an input file, the folder an input
+    file lies in, an input folder, or lies in (or is) a ``protect``ed folder such as the run
+    directory. Paths are compared resolved, symbolic links followed.
+    """
+    target = Path(out).resolve()
+    for item in inputs:
+        source = Path(item).resolve()
+        if _same(target, source):
+            raise ConfigError(
+                f"{option} {out}: is the input {item} itself; outputs would overwrite inputs, "
+                f"choose an {option} outside the input folder"
+            )
+        folder = source if source.is_dir() else source.parent
+        if _same(target, folder):
+            raise ConfigError(
+                f"{option} {out}: is the folder of input {item}; outputs could overwrite inputs, "
+                f"choose an {option} outside the input folder"
+            )
+    for item in protect:
+        guarded = Path(item).resolve()
+        if _same(target, guarded) or target.is_relative_to(guarded):
+            raise ConfigError(
+                f"{option} {out}: lies inside {item}, whose files must not change; "
+                f"choose an {option} outside it"
+            )
+
+
+def without_outputs(files: Iterable[str | Path], out: str | Path) -> list[Path]:
+    """``files`` without those in (or equal to) ``out``: what an earlier run wrote there is never
+    read back as input. Paths are compared resolved, symbolic links followed; order is kept."""
+    target = Path(out).resolve()
+    kept = []
+    for item in files:
+        path = Path(item).resolve()
+        if not (_same(path, target) or path.is_relative_to(target)):
+            kept.append(Path(item))
+    return kept
+
+
+def _same(a: Path, b: Path) -> bool:
+    """Resolved ``a`` and ``b`` name one file (also through hard links or case-insensitive
+    file systems, where both exist)."""
+    if a == b:
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False

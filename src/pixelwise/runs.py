@@ -16,7 +16,10 @@ shared by someone else can never execute code when loaded (no pickle anywhere). 
 written atomically (temporary name, fsync, rename), and a resumable checkpoint is committed by
 writing ``resume.json`` after its files, so a crash (even SIGKILL) leaves the previous checkpoint
 whole: ``pixelwise train --resume RUN`` continues from it. Every JSON file read back is checked
-against its expected structure and version (a ConfigError names the file).
+against its format, version and structure (strict pydantic models: :class:`RunConfigFile`,
+:class:`CheckpointInfo`, :class:`CheckpointMarker`, :class:`TrainingStateFile`); a problem is
+one ConfigError line naming the file and the field, e.g. ``RUN/config.json: invalid run
+configuration: 'model.num_classes' must be a positive integer``.
 """
 
 from __future__ import annotations
@@ -26,14 +29,23 @@ import json
 import math
 import os
 import random
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 import torch
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+)
+from pydantic_core import PydanticCustomError
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
@@ -81,58 +93,9 @@ def read_config(run: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{run}: no such run directory; train one with 'pixelwise train'")
     if not path.is_file():
         raise ConfigError(f"{run}: not a pixelwise run (config.json is missing)")
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ConfigError(f"{path}: unreadable run configuration ({err})") from None
-    _validate_config(path, config)
+    config = read_json(path, "run configuration")
+    _check(path, RunConfigFile, config)
     return config
-
-
-def _validate_config(path: Path, config: Any) -> None:
-    def need(cond: bool, what: str) -> None:
-        if not cond:
-            raise ConfigError(f"{path}: invalid run configuration: {what}")
-
-    need(isinstance(config, dict), "top level must be an object")
-    need(config.get("format") == "pixelwise-run", "not a pixelwise run configuration")
-    version = config.get("version")
-    need(isinstance(version, int), "missing 'version'")
-    if version > RUN_FORMAT:
-        raise ConfigError(
-            f"{path}: run format {version} is newer than this pixelwise ({__version__}) reads; "
-            "upgrade pixelwise"
-        )
-    model = config.get("model")
-    need(isinstance(model, dict), "missing 'model'")
-    need(isinstance(model.get("name"), str), "'model.name' must be a string")
-    need(
-        isinstance(model.get("num_classes"), int) and model["num_classes"] >= 1,
-        "'model.num_classes' must be a positive integer",
-    )
-    need(isinstance(model.get("kwargs"), dict), "'model.kwargs' must be an object")
-    norm = config.get("normalization")
-    need(isinstance(norm, dict), "missing 'normalization'")
-    for key in ("mean", "std"):
-        values = norm.get(key)
-        need(
-            isinstance(values, list) and all(isinstance(v, int | float) for v in values),
-            f"'normalization.{key}' must be a list of numbers",
-        )
-    need(isinstance(config.get("classes"), dict), "missing 'classes'")
-    try:
-        ClassInfo.from_dict(config["classes"])
-    except (ConfigError, TypeError, ValueError, KeyError) as err:
-        raise ConfigError(f"{path}: invalid run configuration: {err}") from None
-    need(version >= 1, "'version' must be a positive integer")
-    for key in ("train", "data"):
-        need(config.get(key) is None or isinstance(config[key], dict), f"'{key}' must be an object")
-    weights = config.get("class_weights")
-    need(
-        weights is None
-        or (isinstance(weights, list) and all(isinstance(w, int | float) for w in weights)),
-        "'class_weights' must be null or a list of numbers",
-    )
 
 
 def save_checkpoint(
@@ -168,18 +131,16 @@ def read_checkpoint_info(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     info_path = path.with_suffix(".json")
     info = read_json(info_path, "checkpoint information") if info_path.is_file() else {}
+    _check(info_path, CheckpointInfo, info)
     epoch = info.get("epoch")
-    if epoch is not None and not _is_int(epoch):
-        raise ConfigError(
-            f"{info_path}: invalid checkpoint information: 'epoch' must be an integer"
-        )
     try:
         with safe_open(str(path), framework="pt") as f:
             embedded = (f.metadata() or {}).get("info")
         inner = json.loads(embedded) if embedded else None
+        CheckpointInfo.model_validate(inner)  # a ValueError unless a dict of the right types
     except (SafetensorError, OSError, ValueError):
         inner = None
-    if isinstance(inner, dict) and inner.get("epoch") != epoch:
+    if inner is not None and inner.get("epoch") != epoch:
         return inner
     return info
 
@@ -251,7 +212,207 @@ RESUME_DIR = "resume"
 STATE_FORMAT = "pixelwise-training-state"
 MARKER_FORMAT = "pixelwise-checkpoint"
 STATE_VERSION = 1
-_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+# ---------------------------------------------------------------------------------------------
+# What the JSON files hold: pydantic models, strict (an integer is never true or "3"). Free-form
+# sections (train, data, loop, scheduler) are plain objects; unknown keys are ignored. Readers
+# keep the dicts read from disk: the models only check them.
+# ---------------------------------------------------------------------------------------------
+
+
+def _must(phrase: str) -> WrapValidator:
+    """Any problem inside the annotated value is reported as ``'field' must be {phrase}``."""
+
+    def check(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        try:
+            return handler(value)
+        except ValidationError:
+            raise PydanticCustomError("must", "{phrase}", {"phrase": phrase}) from None
+
+    return WrapValidator(check)
+
+
+def _class_info(classes: dict[str, Any]) -> dict[str, Any]:
+    try:
+        ClassInfo.from_dict(classes)
+    except (ConfigError, TypeError, ValueError, KeyError) as err:
+        raise PydanticCustomError("said", "{text}", {"text": str(err)}) from None
+    return classes
+
+
+Natural = Annotated[int, Field(ge=0), _must("an integer >= 0")]
+Positive = Annotated[int, Field(ge=1), _must("a positive integer")]
+FileName = Annotated[
+    str, Field(pattern=r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$"), _must("a plain file name")
+]
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+Spread = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+
+class _File(BaseModel):
+    model_config = ConfigDict(strict=True)
+    WHAT: ClassVar[str] = ""  # in "PATH: invalid WHAT: ..."
+
+
+class _VersionedFile(_File):
+    """Names its format and version; a newer version than pixelwise reads asks to upgrade."""
+
+    FORMAT: ClassVar[str]
+    NEWEST: ClassVar[int]
+    NAME: ClassVar[str]  # in "PATH: NAME format 2 is newer than this pixelwise reads"
+    format: str
+    version: Positive
+
+
+class ModelSpec(_File):
+    name: str
+    num_classes: Positive
+    kwargs: dict[str, Any]
+
+
+class Normalization(_File):
+    mean: Annotated[list[Finite], _must("a list of finite numbers")]
+    std: Annotated[list[Spread], _must("a list of positive numbers")]
+
+
+class RunConfigFile(_VersionedFile):
+    """``RUN/config.json``."""
+
+    FORMAT, NEWEST, WHAT, NAME = "pixelwise-run", RUN_FORMAT, "run configuration", "run"
+    model: ModelSpec
+    classes: Annotated[dict[str, Any], AfterValidator(_class_info)]
+    normalization: Normalization
+    train: dict[str, Any] | None = None
+    data: dict[str, Any] | None = None
+    class_weights: Annotated[list[float] | None, _must("null or a list of numbers")] = None
+
+
+class CheckpointInfo(_File):
+    """``RUN/{best,last}.json``: metrics of the weights beside it."""
+
+    WHAT = "checkpoint information"
+    epoch: Natural | None = None
+
+
+class CheckpointFiles(_File):
+    weights: FileName
+    state: FileName
+    meta: FileName
+
+
+class CheckpointSizes(_File):
+    weights: Natural
+    state: Natural
+    meta: Natural
+
+
+class CheckpointMarker(_VersionedFile):
+    """``RUN/resume.json``: the commit marker naming the files of one resume point."""
+
+    FORMAT, NEWEST = MARKER_FORMAT, STATE_VERSION
+    WHAT = NAME = "checkpoint marker"
+    epoch: Positive
+    batch: Natural
+    step: Natural
+    complete: bool
+    files: CheckpointFiles
+    sizes: CheckpointSizes
+
+
+class ParamGroup(_File):
+    params: list[Natural]
+
+
+class TensorRef(_File, extra="forbid"):
+    tensor: str
+
+
+class ValueRef(_File, extra="forbid"):
+    value: Any
+
+
+class PythonRng(_File):
+    version: Natural
+    state: Annotated[list[Natural], Field(min_length=625, max_length=625)]
+    gauss: float | None
+
+
+class NumpyRng(_File):
+    bit_generator: Literal["MT19937"]
+    pos: Natural
+    has_gauss: Natural
+    gauss: float
+
+
+class RngState(_File):
+    python: PythonRng
+    numpy: NumpyRng
+
+
+ParamIndex = Annotated[str, Field(pattern=r"^[0-9]+$"), _must("named by a parameter index")]
+OptimizerValue = Annotated[TensorRef | ValueRef, _must('{"tensor": NAME} or {"value": VALUE}')]
+
+
+class TrainingStateFile(_VersionedFile):
+    """``RUN/resume/TAG.state.json``: optimizer, scheduler, RNG and loop state of a resume point."""
+
+    FORMAT, NEWEST = STATE_FORMAT, STATE_VERSION
+    WHAT = NAME = "training state"
+    epoch: Natural
+    batch: Natural
+    step: Natural
+    complete: bool
+    param_groups: list[ParamGroup]
+    optimizer_state: dict[ParamIndex, dict[str, OptimizerValue]]
+    scheduler: dict[str, Any] | None = None
+    rng: Annotated[RngState, _must("the random generator states that pixelwise saves")]
+    loop: dict[str, Any]
+
+
+def _check(path: Path, schema: type[_File], data: dict[str, Any]) -> None:
+    """Check ``data`` read from ``path``: format, then version, then structure."""
+    what = schema.WHAT
+    if issubclass(schema, _VersionedFile):
+        if data.get("format") != schema.FORMAT:
+            raise ConfigError(
+                f"{path}: invalid {what}: 'format' must be {schema.FORMAT!r} "
+                f"(not a pixelwise {what})"
+            )
+        version = data.get("version")
+        if type(version) is int and version > schema.NEWEST:
+            raise ConfigError(
+                f"{path}: {schema.NAME} format {version} is newer than this pixelwise "
+                f"({__version__}) reads; upgrade pixelwise"
+            )
+    try:
+        schema.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(f"{path}: invalid {what}: {_explain(err)}") from None
+
+
+_SHOULD = {
+    "model_type": "an object",
+    "dict_type": "an object",
+    "int_type": "an integer",
+    "bool_type": "true or false",
+}
+
+
+def _explain(err: ValidationError) -> str:
+    """The first problem in one line: ``'model.num_classes' must be a positive integer``."""
+    first, *rest = err.errors(include_url=False)
+    where = ".".join(str(part) for part in first["loc"] if part != "[key]")
+    kind, msg = first["type"], first["msg"]
+    if kind == "said" or not where:
+        text = msg if kind == "said" else "top level must be an object"
+    elif kind == "missing":
+        text = f"'{where}' is missing"
+    else:  # pydantic says "Input should be a valid list"
+        should = _SHOULD.get(kind) or msg.removeprefix("Input should be ").replace("valid ", "")
+        text = f"'{where}' must be {should}"
+    more = f" (and {len(rest)} more problem{'s' * (len(rest) > 1)})" if rest else ""
+    return text + more
 
 
 @dataclass
@@ -454,100 +615,6 @@ def read_json(path: str | Path, what: str) -> dict[str, Any]:
     return data
 
 
-def _check(path: Path, what: str, cond: bool, problem: str) -> None:
-    if not cond:
-        raise ConfigError(f"{path}: invalid {what}: {problem}")
-
-
-def _is_int(v: Any, lo: int = 0) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= lo
-
-
-def _validate_versioned(path: Path, what: str, data: dict[str, Any], fmt: str) -> None:
-    _check(path, what, data.get("format") == fmt, f"'format' must be {fmt!r}")
-    version = data.get("version")
-    _check(path, what, _is_int(version, 1), "'version' must be a positive integer")
-    if version > STATE_VERSION:
-        raise ConfigError(
-            f"{path}: {what} format {version} is newer than this pixelwise ({__version__}) "
-            "reads; upgrade pixelwise"
-        )
-
-
-def _validate_marker(path: Path, m: dict[str, Any]) -> None:
-    what = "checkpoint marker"
-    _validate_versioned(path, what, m, MARKER_FORMAT)
-    _check(path, what, _is_int(m.get("epoch"), 1), "'epoch' must be an integer >= 1")
-    _check(path, what, _is_int(m.get("batch")), "'batch' must be an integer >= 0")
-    _check(path, what, _is_int(m.get("step")), "'step' must be an integer >= 0")
-    _check(path, what, isinstance(m.get("complete"), bool), "'complete' must be true or false")
-    files, sizes = m.get("files"), m.get("sizes")
-    _check(path, what, isinstance(files, dict) and isinstance(sizes, dict), "missing 'files'")
-    for key in ("weights", "state", "meta"):
-        name = files.get(key)
-        _check(
-            path,
-            what,
-            isinstance(name, str) and bool(_NAME.match(name)) and name not in (".", ".."),
-            f"'files.{key}' must be a plain file name",
-        )
-        _check(path, what, _is_int(sizes.get(key)), f"'sizes.{key}' must be an integer")
-
-
-def _validate_state(path: Path, s: dict[str, Any]) -> None:
-    what = "training state"
-    _validate_versioned(path, what, s, STATE_FORMAT)
-    for key in ("epoch", "batch", "step"):
-        _check(path, what, _is_int(s.get(key)), f"'{key}' must be a non-negative integer")
-    groups = s.get("param_groups")
-    _check(
-        path,
-        what,
-        isinstance(groups, list)
-        and all(
-            isinstance(g, dict)
-            and isinstance(g.get("params"), list)
-            and all(_is_int(p) for p in g["params"])
-            for g in groups
-        ),
-        "'param_groups' must be a list of objects with integer 'params'",
-    )
-    layout = s.get("optimizer_state")
-    _check(path, what, isinstance(layout, dict), "'optimizer_state' must be an object")
-    for pid, keys in layout.items():
-        _check(path, what, pid.isdigit() and isinstance(keys, dict), f"bad optimizer entry {pid}")
-        for key, ref in keys.items():
-            _check(
-                path,
-                what,
-                isinstance(ref, dict) and len(ref) == 1 and ("tensor" in ref or "value" in ref),
-                f"bad optimizer state '{pid}.{key}'",
-            )
-    _check(
-        path,
-        what,
-        s.get("scheduler") is None or isinstance(s["scheduler"], dict),
-        "'scheduler' must be an object or null",
-    )
-    rng = s.get("rng")
-    ok = (
-        isinstance(rng, dict)
-        and isinstance(rng.get("python"), dict)
-        and _is_int(rng["python"].get("version"))
-        and isinstance(rng["python"].get("state"), list)
-        and len(rng["python"]["state"]) == 625
-        and all(_is_int(v) for v in rng["python"]["state"])
-        and (rng["python"].get("gauss") is None or isinstance(rng["python"]["gauss"], float))
-        and isinstance(rng.get("numpy"), dict)
-        and rng["numpy"].get("bit_generator") == "MT19937"
-        and _is_int(rng["numpy"].get("pos"))
-        and _is_int(rng["numpy"].get("has_gauss"))
-        and isinstance(rng["numpy"].get("gauss"), int | float)
-    )
-    _check(path, what, ok, "'rng' is malformed")
-    _check(path, what, isinstance(s.get("loop"), dict), "'loop' must be an object")
-
-
 def load_training_state(run: str | Path) -> ResumePoint:
     """Read the committed checkpoint of ``RUN`` (files are checked, nothing is applied yet)."""
     run = Path(run)
@@ -558,9 +625,9 @@ def load_training_state(run: str | Path) -> ResumePoint:
             "checkpoint, or was made by an older pixelwise); train it again with --overwrite"
         )
     marker = read_json(marker_path, "checkpoint marker")
-    _validate_marker(marker_path, marker)
+    _check(marker_path, CheckpointMarker, marker)
     folder = run / RESUME_DIR
-    paths = {k: folder / v for k, v in marker["files"].items()}
+    paths = {k: folder / marker["files"][k] for k in ("weights", "state", "meta")}
     for key, p in paths.items():
         if not p.is_file():
             raise ConfigError(f"{p}: committed checkpoint file is missing; the run is damaged")
@@ -572,7 +639,7 @@ def load_training_state(run: str | Path) -> ResumePoint:
     weights = load_weights(paths["weights"])
     tensors = load_weights(paths["state"])
     meta = read_json(paths["meta"], "training state")
-    _validate_state(paths["meta"], meta)
+    _check(paths["meta"], TrainingStateFile, meta)
     for key in ("epoch", "batch", "step", "complete"):
         if meta.get(key) != marker[key]:
             raise ConfigError(f"{paths['meta']}: '{key}' disagrees with {marker_path}")
