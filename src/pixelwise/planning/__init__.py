@@ -1,1 +1,60 @@
-"""Planning: a training configuration from the data, the machine and a time budget."""
+"""Planning: training options from the data, the machine and a time budget (issue 15).
+
+``plan_training(config, budget)`` measures the dataset (:mod:`.fingerprint`, cached per
+dataset) and this device (:mod:`.profile`), then applies the rules of :mod:`.plan`;
+``pixelwise plan DIR`` prints the result and ``pixelwise train --budget`` trains it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from pixelwise.planning.fingerprint import Fingerprint, describe, fingerprint
+from pixelwise.planning.plan import Plan, make_plan
+from pixelwise.planning.profile import DeviceProfile, MeasuredProfile
+
+__all__ = ["Fingerprint", "Plan", "describe", "dataset_fingerprint", "make_plan", "plan_training"]
+
+
+def dataset_fingerprint(config: Any, progress: Callable | None = None) -> tuple[Fingerprint, Any]:
+    """The fingerprint of ``config.data``'s training split (cached per dataset, keyed by its
+    files' paths, sizes and mtimes) and the opened splits' sizes."""
+    from pixelwise.data import cache
+    from pixelwise.data.balance import counts_key
+    from pixelwise.training.setup import open_split
+
+    train = open_split(config, "train", config.channels)
+    val = open_split(config, "val", train.channels, classes=train.classes, label_map=train.label_map)
+    splits = {"train": len(train), "val": len(val)}
+    key = counts_key(train)
+    if key is not None:
+        key = cache.cache_key("fingerprint", key, config.input_scale)
+        entry = cache.load("fingerprint", key)
+        if entry is not None:
+            try:
+                return Fingerprint.from_dict(entry), splits
+            except (TypeError, KeyError, ValueError):
+                pass  # an entry of another version: measure again
+    fp = fingerprint(train, splits)
+    if key is not None:
+        cache.save("fingerprint", key, fp.to_dict())
+    return fp, splits
+
+
+def plan_training(
+    config: Any,
+    budget: float,
+    given: dict[str, Any] | None = None,
+    profile: DeviceProfile | None = None,
+) -> tuple[Plan, Fingerprint]:
+    """The plan for ``config``'s data (``config.data``, layout, label map, val fraction) on
+    ``profile`` (default: measured on ``config.device``) within ``budget`` seconds."""
+    import torch
+
+    fp, splits = dataset_fingerprint(config)
+    if profile is None:
+        device = "cuda" if config.device == "auto" and torch.cuda.is_available() else config.device
+        profile = MeasuredProfile(torch.device("cpu" if device == "auto" else device))
+    plan = make_plan(fp, profile, budget, splits["train"], splits["val"], given)
+    return plan, fp

@@ -215,4 +215,3 @@ def describe(fp: Fingerprint) -> list[str]:
         f"{fp.horizontal_bias:.2f}: {orient}"
     )
     return lines
-
