@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from pixelwise import export as ex
+from pixelwise import export_formats
 from pixelwise.cli import main
 from pixelwise.data.classes import ClassInfo
 from pixelwise.errors import ConfigError
@@ -157,7 +157,7 @@ def test_verification_failure_raises_and_leaves_no_file(tmp_path, monkeypatch, f
             net.classifier.bias.mul_(1.05).add_(0.05)
         return net
 
-    monkeypatch.setattr(ex, "exportable", corrupted)
+    monkeypatch.setattr(export_formats, "exportable", corrupted)  # where the writers look it up
     with pytest.raises(ConfigError, match="disagrees with the model.*nothing was written"):
         export_run(run, out, fmt)
     assert not out.exists() and list(out.parent.iterdir()) == []
