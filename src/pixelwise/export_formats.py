@@ -269,7 +269,7 @@ def _file_runner(path: Path, fmt: str, name: str | Path) -> Callable[[np.ndarray
             first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
             raise ConfigError(
                 f"{name}: the exported file is not a valid ONNX model (onnx.checker: {first}); "
-                "nothing was written"
+                "the model cannot be exported to onnx"
             ) from None
         options = ort.SessionOptions()
         options.log_severity_level = 3
