@@ -44,6 +44,8 @@ class SegmentationModel(nn.Module):
       ``>= (h, w)`` they take (their minimum size for small ones).
     """
 
+    in_channels: int
+    num_classes: int
     border: int = 0
     tile_grid: int = 32
     pad: tuple[int, int] = (0, 0)
@@ -69,5 +71,6 @@ class SegmentationModel(nn.Module):
 
     def valid_input_size(self, h: int, w: int) -> tuple[int, int]:
         """The smallest input ``(H, W)`` the model takes exactly whose logits cover ``(h, w)``.
-        Default: ``(h, w)`` (at least 1 x 1), for ``border == 0`` models that take any size."""
-        return max(1, h), max(1, w)
+        Default: ``(h + 2 * border, w + 2 * border)`` (``h, w`` at least 1), for models that
+        take any size."""
+        return max(1, h) + 2 * self.border, max(1, w) + 2 * self.border
