@@ -281,13 +281,16 @@ def _upsampled(
     buf: Tensor | None = None  # source rows start .. start + buf.shape[1]
     start = done = 0
     for y, scores in bands:
-        buf = scores if buf is None else torch.cat([buf, scores], dim=1)
+        dev = scores.device
+        if buf is None:
+            buf = scores
+            cols = (torch.from_numpy(c0).to(dev), torch.from_numpy(c1).to(dev))
+            tc = torch.from_numpy(ct).to(dev, torch.float32)
+        else:
+            buf = torch.cat([buf, scores], dim=1)
         have = y + scores.shape[1]
         # Output rows whose second source row has arrived (all of them after the last band).
         end = size[0] if have >= source[0] else int(np.searchsorted(r1, have, side="left"))
-        dev = buf.device
-        cols = (torch.from_numpy(c0).to(dev), torch.from_numpy(c1).to(dev))
-        tc = torch.from_numpy(ct).to(dev, torch.float32)
         for a in range(done, end, chunk):
             b = min(end, a + chunk)
             top = buf[:, torch.from_numpy(r0[a:b] - start).to(dev)]
