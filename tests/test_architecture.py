@@ -37,6 +37,7 @@ LAYERS: dict[str, int] = {
     "engines": 4,
     "dense": 4,
     "heatmap": 4,
+    "export_formats": 4,
     "export": 5,
     "serve": 5,
     "label": 5,

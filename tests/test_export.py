@@ -1,4 +1,5 @@
 import json
+import re
 
 import numpy as np
 import onnxruntime as ort
@@ -7,6 +8,7 @@ import torch
 from torch import nn
 
 from pixelwise import export as ex
+from pixelwise import export_formats
 from pixelwise.cli import main
 from pixelwise.data.classes import ClassInfo
 from pixelwise.errors import ConfigError
@@ -20,7 +22,7 @@ from pixelwise.export import (
     verify_export,
 )
 from pixelwise.files import write_json
-from pixelwise.models import available, build
+from pixelwise.models import SegmentationModel, available, build
 from pixelwise.predict import Segmenter
 from pixelwise.runs import RUN_FORMAT, save_checkpoint
 
@@ -157,7 +159,7 @@ def test_verification_failure_raises_and_leaves_no_file(tmp_path, monkeypatch, f
             net.classifier.bias.mul_(1.05).add_(0.05)
         return net
 
-    monkeypatch.setattr(ex, "exportable", corrupted)
+    monkeypatch.setattr(export_formats, "exportable", corrupted)  # where the writers look it up
     with pytest.raises(ConfigError, match="disagrees with the model.*nothing was written"):
         export_run(run, out, fmt)
     assert not out.exists() and list(out.parent.iterdir()) == []
@@ -183,16 +185,12 @@ def test_rounding_amplified_by_unpooling_is_judged_against_float64(tmp_path):
             assert check["argmax_agreement"] >= min(0.999, check["float32_argmax_agreement"])
 
 
-class _ConstantCrop(nn.Module):
+class _ConstantCrop(SegmentationModel):
     """A forward whose crop the tracer freezes (int() of a size): the two-size check catches it."""
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__(num_classes=2, in_channels=3)
         self.conv = nn.Conv2d(3, 2, 3, padding=1)
-        self.border = 0
-
-    def output_size(self, h, w):
-        return h, w
 
     def forward(self, x):
         y = self.conv(x)
@@ -204,6 +202,42 @@ def test_shape_frozen_by_tracing_is_caught(tmp_path):
     path = export_onnx(model, tmp_path / "c.onnx", in_channels=3)
     with pytest.raises(ConfigError, match="onnx"):
         verify_export(model, path, "onnx", 3, 1)
+
+
+def _break_graph(path):
+    """Add a node of an operator ONNX does not have: the file still loads, the checker fails."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    proto.graph.node.append(onnx.helper.make_node("NoSuchOperator", ["image"], ["junk"]))
+    onnx.save(proto, str(path))
+
+
+def test_invalid_onnx_file_fails_the_checker_with_a_one_line_error(tmp_path):
+    model = build("segnet_basic", 3, width=0.0625).eval()
+    path = export_onnx(model, tmp_path / "m.onnx", in_channels=3)
+    assert len(verify_export(model, path, "onnx", 3, 16)) == 2  # the intact file passes
+    _break_graph(path)
+    with pytest.raises(ConfigError) as err:
+        verify_export(model, path, "onnx", 3, 16, name="final.onnx")
+    message = str(err.value)
+    assert message.startswith("final.onnx: ") and "onnx.checker" in message
+    assert "NoSuchOperator" in message and len(message.splitlines()) == 1
+
+
+def test_export_run_names_its_output_when_the_checker_fails(tmp_path, monkeypatch):
+    run = make_run(tmp_path, "segnet_basic")
+    out = tmp_path / "out" / "m.onnx"
+
+    def broken(*args, **kwargs):
+        path = export_onnx(*args, **kwargs)
+        _break_graph(path)
+        return path
+
+    monkeypatch.setattr(ex, "export_onnx", broken)
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(out))}: .*not a valid ONNX model"):
+        export_run(run, out, "onnx")
+    assert not out.exists() and list(out.parent.iterdir()) == []
 
 
 def test_unpooling_with_padding_cannot_be_rewritten():

@@ -16,6 +16,7 @@ from pixelwise import models, tiles
 from pixelwise.cli import main
 from pixelwise.data.classes import ClassInfo
 from pixelwise.errors import ConfigError
+from pixelwise.models.base import SegmentationModel
 from pixelwise.predict import Segmenter, predict_files
 from pixelwise.tiles import check_tiling, gaussian_window, min_tile, predict_tiled, tile_spans
 from pixelwise.training import TrainConfig, train
@@ -111,19 +112,15 @@ def test_valid_unet_inputs_are_tile_sized_and_cover_once():
 # ---- blended tiles --------------------------------------------------------------------------
 
 
-class PixelNet(nn.Module):
+class PixelNet(SegmentationModel):
     """A context-free net (1x1 conv): any tiling gives exactly the whole-image scores."""
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__(num_classes=4, in_channels=3)
         self.conv = nn.Conv2d(3, 4, 1)
-        self.in_channels, self.num_classes, self.border = 3, 4, 0
 
     def forward(self, x):
         return 3 * self.conv(x)
-
-    def output_size(self, h, w):
-        return h, w
 
 
 @pytest.mark.parametrize("overlap", [0.0, 0.25, 0.6])
@@ -188,10 +185,58 @@ def test_tile_larger_than_image_predicts_whole(name, kwargs):
 
 
 def test_blended_one_pixel_high_image():
+    """A 1-pixel-high image: one row of tiles, each 1 x 64 (the last 1 x 76); the mask is the
+    blending written out by hand: per tile softmax x Gaussian window, summed, normalised."""
     seg = _segmenter("fcn8s", width=0.0625)
+    with torch.no_grad():  # zero-initialised score layers would make every label 0
+        for name, p in seg.model.named_parameters():
+            if "score" in name and p.ndim == 4:
+                p.normal_(0, 0.5)
     img = _image(1, 300, block=1)
     mask = seg.predict(img, tile=64, overlap=0.25)
     assert mask.shape == (1, 300)
+    x = (torch.from_numpy(img).permute(2, 0, 1).float() / 255 - 0.5) / 0.25
+    total, weight = torch.zeros(3, 1, 300), torch.zeros(1, 300)
+    spans = tile_spans(300, 64, 0.25, 32)
+    assert len(spans) > 3 and spans[-1] == (224, 76)
+    with torch.no_grad():
+        for a, w in spans:
+            window = gaussian_window(1, w)
+            total[:, :, a : a + w] += seg.model(x[None, :, :, a : a + w])[0].softmax(0) * window
+            weight[:, a : a + w] += window
+    expected = (total / weight).argmax(0).numpy()
+    assert len(np.unique(expected)) > 1
+    np.testing.assert_array_equal(mask, expected)
+
+
+def test_blended_one_pixel_high_image_is_exact_for_a_context_free_net():
+    seg = Segmenter(PixelNet().eval(), CLASSES, (0.5,) * 3, (0.25,) * 3, 3)
+    img = _image(1, 300, block=1)
+    np.testing.assert_array_equal(seg.predict(img, tile=64), seg.predict(img))
+
+
+@settings(max_examples=30, deadline=None, derandomize=True)
+@given(
+    src=st.tuples(st.integers(1, 60), st.integers(1, 60)),
+    out=st.tuples(st.integers(1, 150), st.integers(1, 150)),
+    cuts=st.lists(st.integers(1, 59), max_size=4),
+    chunk=st.integers(1, 40),
+)
+def test_band_by_band_resize_equals_interpolate(src, out, cuts, chunk):
+    """Scores arriving in bands of any heights, resized band by band, are F.interpolate of the
+    whole map (bilinear, align_corners=False), up- or downsampling; output bands in order."""
+    scores = torch.randn(3, *src, generator=torch.Generator().manual_seed(sum(src) + sum(out)))
+    edges = sorted({0, src[0], *(c for c in cuts if c < src[0])})
+    bands = [(a, scores[:, a:b]) for a, b in zip(edges, edges[1:], strict=False)]
+    got = list(tiles._upsampled(iter(bands), src, out, chunk=chunk))
+    starts = np.cumsum([0] + [b.shape[1] for _, b in got])
+    assert [y for y, _ in got] == starts[:-1].tolist() and starts[-1] == out[0]
+    assert max(b.shape[1] for _, b in got) <= chunk
+    whole = torch.cat([b for _, b in got], dim=1)
+    expected = torch.nn.functional.interpolate(
+        scores[None], size=out, mode="bilinear", align_corners=False
+    )[0]
+    torch.testing.assert_close(whole, expected, rtol=0, atol=1e-4)  # float rounding
 
 
 def test_blended_inputs_are_tile_sized():

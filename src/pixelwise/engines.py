@@ -10,7 +10,8 @@ engine never pads.
   directly follows a convolution folded into it (:func:`fold_batchnorm`), run under
   ``torch.inference_mode`` on channels-last tensors on CPUs, optionally through ``torch.compile``.
 - ``onnxruntime`` (:class:`OnnxRuntimeEngine`): the model exported once to ONNX
-  (:func:`pixelwise.export.export_onnx`) and cached next to the checkpoint (:func:`onnx_for_run`).
+  (:func:`pixelwise.export_formats.export_onnx`) and cached next to the checkpoint
+  (:func:`onnx_for_run`).
 
 Which of these steps pay on a 2-core CPU is measured by ``bench/speed.py``; the numbers are in
 docs/performance.md.
@@ -30,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from pixelwise.errors import ConfigError
+from pixelwise.models.base import SegmentationModel
 
 __all__ = [
     "DEFAULT_ENGINE",
@@ -58,11 +60,13 @@ _KEY = "pixelwise_cache_key"  # metadata entry of a cached export
 
 
 def _probe_input(model: nn.Module) -> Tensor:
-    """A small meta-device input the model accepts (for tracing its data flow, no compute)."""
-    side = 64
-    if hasattr(model, "valid_input_size"):
+    """A small meta-device input the model accepts (for tracing its data flow, no compute):
+    ``(1, in_channels, s, s)`` with ``s`` from ``valid_input_size(64, 64)`` for a
+    :class:`SegmentationModel`, ``(1, 3, 64, 64)`` for any other module."""
+    side, channels = 64, 3
+    if isinstance(model, SegmentationModel):
         side = max(model.valid_input_size(side, side))
-    channels = int(getattr(model, "in_channels", 3))
+        channels = model.in_channels
     return torch.empty(1, channels, side, side, device="meta")
 
 
@@ -352,9 +356,9 @@ def _key_matches(stored: str | None, checkpoint: Path, config: Path) -> bool:
     return old.get("mtime_ns") == new["mtime_ns"] or old.get("sha256") == _sha256(checkpoint)
 
 
-def _export_checked(model: nn.Module, path: Path, in_channels: int, key: dict) -> None:
+def _export_checked(model: SegmentationModel, path: Path, in_channels: int, key: dict) -> None:
     """Export ``model`` to ``path`` (atomically), verified against torch before it appears."""
-    from pixelwise.export import export_onnx, min_input_size, verify_export
+    from pixelwise.export_formats import export_onnx, min_input_size, verify_export
     from pixelwise.files import atomic_path
 
     net = copy.deepcopy(model).cpu().eval()
@@ -369,12 +373,12 @@ def _export_checked(model: nn.Module, path: Path, in_channels: int, key: dict) -
                 f"({type(err).__name__}: {str(err).strip().splitlines()[0][:160]}); "
                 "use --engine torch"
             ) from None
-        verify_export(net, tmp, "onnx", in_channels, min_input_size(net))
+        verify_export(net, tmp, "onnx", in_channels, min_input_size(net), name=path)
 
 
 def onnx_for_run(
     run: str | Path,
-    model: nn.Module,
+    model: SegmentationModel,
     in_channels: int,
     which: str = "best",
     threads: int | None = None,
@@ -425,7 +429,7 @@ def onnx_for_run(
 
 
 def make_engine(
-    model: nn.Module,
+    model: SegmentationModel,
     engine: str = DEFAULT_ENGINE,
     *,
     run: str | Path | None = None,
@@ -446,7 +450,7 @@ def make_engine(
         return TorchEngine(model, compile=compile)
     if compile:
         raise ConfigError("--compile: applies to --engine torch only")
-    channels = int(in_channels or getattr(model, "in_channels", 3))
+    channels = int(in_channels or model.in_channels)
     if run is not None:
         return onnx_for_run(run, model, channels, which, threads)
     if onnx_path is None:

@@ -20,7 +20,9 @@ from pixelwise.data.classes import ClassInfo
 from pixelwise.data.io import read_image, write_image, write_mask
 from pixelwise.data.transforms import to_tensor
 from pixelwise.errors import ConfigError
+from pixelwise.models.base import SegmentationModel
 from pixelwise.runs import LoadedRun, load_run
+from pixelwise.tiles import mirror_pad
 
 __all__ = ["Segmenter", "forward_full", "mirror_pad", "predict_files", "resolve_device"]
 
@@ -34,20 +36,6 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return torch.device(device)
 
 
-def mirror_pad(x: torch.Tensor, top: int, bottom: int, left: int, right: int) -> torch.Tensor:
-    """Reflect-pad ``x (N, C, H, W)`` by any amount (repeating the reflection when the pad is
-    larger than the image, which ``F.pad`` alone refuses)."""
-    while top or bottom or left or right:
-        h, w = x.shape[-2:]
-        t, b = min(top, h - 1), min(bottom, h - 1)
-        lft, r = min(left, w - 1), min(right, w - 1)
-        if h == 1 or w == 1:  # nothing to reflect: repeat the edge
-            return F.pad(x, (left, right, top, bottom), mode="replicate")
-        x = F.pad(x, (lft, r, t, b), mode="reflect")
-        top, bottom, left, right = top - t, bottom - b, left - lft, right - r
-    return x
-
-
 def scale_input(x: torch.Tensor, input_scale: float) -> torch.Tensor:
     """``x (N, C, H, W)`` resized by ``input_scale`` (bilinear, antialiased when shrinking)."""
     h, w = x.shape[-2:]
@@ -58,7 +46,7 @@ def scale_input(x: torch.Tensor, input_scale: float) -> torch.Tensor:
 
 
 def forward_full(
-    model: torch.nn.Module,
+    model: SegmentationModel,
     x: torch.Tensor,
     net: Callable[[torch.Tensor], torch.Tensor] | None = None,
     input_scale: float = 1.0,
@@ -77,7 +65,7 @@ def forward_full(
         small = scale_input(x, input_scale)
         logits = forward_full(model, small, net)
         return F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
-    border = int(getattr(model, "border", 0))
+    border = model.border
     if net is None:
         net = model
     if border == 0:
@@ -123,7 +111,7 @@ def mean_over_views(
 class Segmenter:
     """A trained model ready to label images (``Segmenter.from_run(RUN)``)."""
 
-    model: torch.nn.Module
+    model: SegmentationModel
     classes: ClassInfo
     mean: tuple[float, ...]
     std: tuple[float, ...]
@@ -208,24 +196,26 @@ class Segmenter:
         ``(N, K, *model.output_size(h, w))`` (no mirror padding: the tiles do that)."""
         return self.net if self.net is not None else self.model
 
-    def _tiled(self, image: np.ndarray, tile: int, overlap: float, logits: bool = False):
+    def _tiled(
+        self, image: np.ndarray, tile: int, overlap: float, logits: bool = False
+    ) -> np.ndarray | torch.Tensor:
+        """Mask ``(H, W)`` (or ``logits``: scores ``(K, H, W)``) of ``image`` from tiles.
+
+        With an ``input_scale`` the tiles are cut from the resized image and their scores are
+        upsampled bilinearly to ``H x W`` before the argmax, band by band, as
+        :func:`forward_full` does with the whole image's logits."""
         from pixelwise.tiles import predict_tiled
 
         h, w = image.shape[:2]
-        if self.input_scale != 1.0:  # tiles of the resized image, the result resized back
+        output_size = None
+        if self.input_scale != 1.0:  # tiles of the resized image, the scores resized back
             size = (max(1, round(w * self.input_scale)), max(1, round(h * self.input_scale)))
             image = resize_image(image, size)
-        out = predict_tiled(
+            output_size = (h, w)
+        return predict_tiled(
             self.tile_net(), self.model, image, self.mean, self.std, tile, overlap,
-            device=self.device, logits=logits,
+            device=self.device, logits=logits, output_size=output_size,
         )  # fmt: skip
-        if self.input_scale == 1.0:
-            return out
-        if logits:
-            return F.interpolate(out[None].float(), size=(h, w), mode="bilinear")[0]
-        rows = (np.arange(h) * out.shape[0] // h).clip(0, out.shape[0] - 1)
-        cols = (np.arange(w) * out.shape[1] // w).clip(0, out.shape[1] - 1)
-        return out[rows][:, cols]
 
     def read(self, path: str | Path) -> np.ndarray:
         """Read an image file with the channel count the model expects."""

@@ -15,13 +15,21 @@ Two strategies, chosen by the model:
   seams vanish because every tile's edge pixels get little weight.
 
 Memory: tiles are processed row by row (horizontal strips). Only the rows that later tiles still
-touch are kept in an accumulator (``num_classes x t x W`` floats for blended tiles, nothing for
-overlap-tiles); finished rows go straight to the uint8 mask. Peak memory is the uint8 input and
-output plus terms in ``t`` and ``W``, never ``H x W`` floats.
+touch are kept in an accumulator (``num_classes x t x W`` floats: the blended probabilities, or
+the strip of overlap-tile logits being assembled); finished rows go straight to the uint8 mask.
+Peak memory is the uint8 input and output plus terms in ``t`` and ``W``, never ``H x W`` floats.
+
+``output_size`` (a run trained with ``--input-scale``: the image was resized for the model): the
+scores of finished rows, logits or log blended probabilities, are upsampled bilinearly to the
+output size (exactly as ``F.interpolate(..., mode="bilinear", align_corners=False)`` does on the
+whole map, but a band of rows at a time) and only then turned into labels, as the whole-image
+prediction :func:`pixelwise.predict.forward_full` does with its logits. (The argmax of upsampled
+log-probabilities is the argmax of the upsampled logits: the two differ by one number per pixel.)
 
 The network is called as ``net(x)``: a normalised ``(N, in_channels, h, w)`` tensor in, the raw
 model output ``(N, num_classes, *model.output_size(h, w))`` out (for border-0 models that is the
-input size).
+input size). ``model`` (a :class:`~pixelwise.models.base.SegmentationModel`) gives the geometry:
+``border``, ``tile_grid``, ``in_channels``, ``output_size`` and ``valid_input_size``.
 """
 
 from __future__ import annotations
@@ -30,17 +38,21 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from pixelwise.data.transforms import to_tensor
 from pixelwise.errors import ConfigError
+from pixelwise.models.base import SegmentationModel
+from pixelwise.models.layers import mirror_pad
 
 __all__ = [
     "AUTO_TILE",
     "AUTO_TILE_PIXELS",
+    "bilinear_source",
     "check_tiling",
     "gaussian_window",
     "min_tile",
+    "mirror_pad",
     "predict_tiled",
     "tile_spans",
 ]
@@ -53,26 +65,12 @@ MIN_TILE = 16
 MAX_OVERLAP = 0.9
 
 
-def _border(model: nn.Module) -> int:
-    return int(getattr(model, "border", 0))
-
-
-def _period(model: nn.Module) -> int:
-    """Shift (pixels) under which a valid U-Net's output is exactly shift-equivariant: the step
-    between successive sizes of ``valid_input_size`` (``2**depth``)."""
-    base = model.valid_input_size(1, 1)[0]
-    out = 1
-    while model.valid_input_size(out, 1)[0] == base:
-        out += 1
-    return model.valid_input_size(out, 1)[0] - base
-
-
-def min_tile(model: nn.Module) -> int:
-    """Smallest ``tile`` the model accepts: at least 16 and the tile grid (``2**depth`` for the
-    U-Nets, 32 for the others), and an input size ``model.output_size`` accepts."""
-    if _border(model) > 0:
-        return max(MIN_TILE, _period(model))
-    align = _align(model)
+def min_tile(model: SegmentationModel) -> int:
+    """Smallest ``tile`` the model accepts: at least 16 and ``model.tile_grid`` (``2**depth`` for
+    the U-Nets, 32 for the others), and an input size ``model.output_size`` accepts."""
+    if model.border > 0:
+        return max(MIN_TILE, model.tile_grid)
+    align = model.tile_grid
     n = max(MIN_TILE, align)
     while True:
         try:
@@ -84,7 +82,7 @@ def min_tile(model: nn.Module) -> int:
                 raise
 
 
-def check_tiling(model: nn.Module, tile: int, overlap: float) -> None:
+def check_tiling(model: SegmentationModel, tile: int, overlap: float) -> None:
     """``ConfigError`` (one line, naming ``--tile`` / ``--overlap``) for unusable options."""
     if isinstance(tile, bool) or not isinstance(tile, int | np.integer):
         raise ConfigError(f"--tile {tile!r}: must be an integer number of pixels, e.g. 512")
@@ -123,12 +121,6 @@ def tile_spans(n: int, tile: int, overlap: float, align: int = 1) -> list[tuple[
     return [(a, tile) for a in starts[:-1]] + [(last, n - last)]
 
 
-def _align(model: nn.Module) -> int:
-    """Grid on which blended tiles start so each sees the whole image's pooling phase: the
-    U-Nets' ``2**depth``; 32 (five 2x2 poolings: FCN, SegNet, DeconvNet) for the others."""
-    return _period(model) if hasattr(model, "valid_input_size") else 32
-
-
 def gaussian_window(height: int, width: int, device: torch.device | str = "cpu") -> Tensor:
     """``(height, width)`` float32 weights: a Gaussian with sigma = size / 8 per axis, centred on
     the tile, maximum 1 (nnU-Net's importance map). Edge weights are about exp(-8) = 3e-4."""
@@ -153,14 +145,12 @@ def _check_image(image: np.ndarray, in_channels: int | None) -> np.ndarray:
     return a
 
 
-def _mirror_index(n: int, other: int, before: int, after: int) -> np.ndarray:
+def _mirror_index(n: int, before: int, after: int) -> np.ndarray:
     """Source index (0..n-1) of every position of an axis of length ``n`` mirror-padded by
-    ``before`` / ``after``, exactly as ``predict.mirror_pad`` pads it (its repeated reflections,
-    and its edge replication when the image is one pixel high or wide; ``other`` is the length
-    of the other axis). Only ``n + before + after`` integers: no image is padded."""
-    from pixelwise.predict import mirror_pad
-
-    probe = torch.arange(n, dtype=torch.float64).view(1, 1, n, 1).expand(1, 1, n, min(other, 2))
+    ``before`` / ``after``, exactly as :func:`mirror_pad` pads it (its repeated reflections, and
+    its edge replication for an axis of length 1). Only ``n + before + after`` integers: no
+    image is padded."""
+    probe = torch.arange(n, dtype=torch.float64).view(1, 1, n, 1)
     padded = mirror_pad(probe, before, after, 0, 0)
     return padded[0, 0, :, 0].round().to(torch.int64).numpy()
 
@@ -179,7 +169,7 @@ def _batched(items: Sequence, size: int, key: Callable) -> Iterator[list]:
 
 def _overlap_tiles(
     net: Net,
-    model: nn.Module,
+    model: SegmentationModel,
     image: np.ndarray,
     mean: Sequence[float],
     std: Sequence[float],
@@ -187,12 +177,12 @@ def _overlap_tiles(
     tile: int,
     tile_batch: int,
     progress: Callable[[Iterable], Iterator] | None,
-) -> Iterator[tuple[int, int, Tensor]]:
-    """Overlap-tile for a valid U-Net: yields ``(y, x, logits (K, h, w))`` for output tiles that
-    together cover the image exactly once, in row-major order."""
+) -> Iterator[tuple[int, Tensor]]:
+    """Overlap-tile for a valid U-Net: yields ``(y, logits (K, h, W))`` for strips of output
+    tiles, top to bottom; the strips tile the image's rows exactly once."""
     height, width = image.shape[:2]
-    border = _border(model)
-    period = _period(model)
+    border = model.border
+    period = model.tile_grid  # the step of valid_input_size: shifts by it shift the logits
     step = max(period, tile - tile % period)  # tiles start on the whole image's pooling grid
     ys, xs = range(0, height, step), range(0, width, step)
     # The padded extent forward_full uses for the whole image; every tile's input lies inside it
@@ -200,11 +190,12 @@ def _overlap_tiles(
     whole_h, whole_w = model.valid_input_size(height, width)
     last_h = ys[-1] + model.valid_input_size(height - ys[-1], 1)[0]
     last_w = xs[-1] + model.valid_input_size(1, width - xs[-1])[1]
-    rows = _mirror_index(height, width, border, max(whole_h, last_h) - height - border)
-    cols = _mirror_index(width, height, border, max(whole_w, last_w) - width - border)
+    rows = _mirror_index(height, border, max(whole_h, last_h) - height - border)
+    cols = _mirror_index(width, border, max(whole_w, last_w) - width - border)
     for y in progress(ys) if progress else ys:
         h = min(step, height - y)
         cells = [(x, min(step, width - x)) for x in xs]
+        strip: Tensor | None = None
         for group in _batched(cells, tile_batch, key=lambda c: c[1]):
             in_h, in_w = model.valid_input_size(h, group[0][1])
             r = rows[y : y + in_h]
@@ -212,13 +203,17 @@ def _overlap_tiles(
                 [to_tensor(image[np.ix_(r, cols[x : x + in_w])], mean, std) for x, _ in group]
             ).to(device)
             out = net(batch)
+            if strip is None:
+                strip = torch.empty(out.shape[1], h, width, device=out.device)
             for i, (x, w) in enumerate(group):
-                yield y, x, out[i, :, :h, :w].float()
+                strip[:, :, x : x + w] = out[i, :, :h, :w].float()
+        assert strip is not None
+        yield y, strip
 
 
 def _blended_bands(
     net: Net,
-    model: nn.Module,
+    model: SegmentationModel,
     image: np.ndarray,
     mean: Sequence[float],
     std: Sequence[float],
@@ -228,10 +223,10 @@ def _blended_bands(
     tile_batch: int,
     progress: Callable[[Iterable], Iterator] | None,
 ) -> Iterator[tuple[int, Tensor]]:
-    """Gaussian-blended tiles: yields ``(y, probabilities (K, d, W))`` for bands of finished rows,
-    top to bottom; the bands tile the image's rows exactly once."""
+    """Gaussian-blended tiles: yields ``(y, log probabilities (K, d, W))`` for bands of finished
+    rows, top to bottom; the bands tile the image's rows exactly once."""
     height, width = image.shape[:2]
-    align = _align(model)
+    align = model.tile_grid
     tile = tile // align * align  # >= align: check_tiling asked for at least min_tile
     rows, cols = tile_spans(height, tile, overlap, align), tile_spans(width, tile, overlap, align)
     band = max(h for _, h in rows)
@@ -255,15 +250,63 @@ def _blended_bands(
                 weight[:h, x : x + w] += window
         assert acc is not None
         done = rows[i + 1][0] - y if i + 1 < len(rows) else h  # rows no later strip touches
-        yield y, acc[:, :done] / weight[:done]
+        yield y, (acc[:, :done] / weight[:done]).clamp_min_(1e-30).log_()
         # Move the rows still open to the top of the accumulator; zero the rest.
         acc = torch.cat([acc[:, done:], acc.new_zeros(acc.shape[0], done, width)], dim=1)
         weight = torch.cat([weight[done:], weight.new_zeros(done, width)], dim=0)
 
 
+def bilinear_source(out: int, src: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each of ``out`` positions resized from ``src``: the two source positions ``i0 <= i1``
+    and the weight ``t`` of ``i1`` (value ``(1 - t) * v[i0] + t * v[i1]``), as
+    ``F.interpolate(mode="bilinear", align_corners=False)`` computes them (source coordinate
+    ``(i + 0.5) * src / out - 0.5``, clamped at 0; ``i1`` clamped at ``src - 1``)."""
+    pos = np.maximum((np.arange(out) + 0.5) * (src / out) - 0.5, 0.0)
+    i0 = np.minimum(np.floor(pos).astype(np.int64), src - 1)
+    return i0, np.minimum(i0 + 1, src - 1), pos - i0
+
+
+def _upsampled(
+    bands: Iterable[tuple[int, Tensor]],
+    source: tuple[int, int],
+    size: tuple[int, int],
+    chunk: int = 256,
+) -> Iterator[tuple[int, Tensor]]:
+    """Bands ``(y, scores (K, d, w))`` of a ``source = (h, w)`` map, top to bottom, resized
+    bilinearly to ``size = (H, W)``: yields ``(Y, (K, D, W))`` bands of output rows (at most
+    ``chunk`` each), top to bottom, equal to ``F.interpolate`` of the whole map (up to float
+    rounding). Keeps only the source rows later output rows still need."""
+    r0, r1, rt = bilinear_source(size[0], source[0])
+    c0, c1, ct = bilinear_source(size[1], source[1])
+    buf: Tensor | None = None  # source rows start .. start + buf.shape[1]
+    start = done = 0
+    for y, scores in bands:
+        dev = scores.device
+        if buf is None:
+            buf = scores
+            cols = (torch.from_numpy(c0).to(dev), torch.from_numpy(c1).to(dev))
+            tc = torch.from_numpy(ct).to(dev, torch.float32)
+        else:
+            buf = torch.cat([buf, scores], dim=1)
+        have = y + scores.shape[1]
+        # Output rows whose second source row has arrived (all of them after the last band).
+        end = size[0] if have >= source[0] else int(np.searchsorted(r1, have, side="left"))
+        for a in range(done, end, chunk):
+            b = min(end, a + chunk)
+            top = buf[:, torch.from_numpy(r0[a:b] - start).to(dev)]
+            bottom = buf[:, torch.from_numpy(r1[a:b] - start).to(dev)]
+            t = torch.from_numpy(rt[a:b]).to(dev, torch.float32)[:, None]
+            rows = top * (1 - t) + bottom * t
+            yield a, rows[:, :, cols[0]] * (1 - tc) + rows[:, :, cols[1]] * tc
+        done = end
+        if done < size[0]:  # drop the source rows no later output row uses
+            keep = min(int(r0[done]), have)
+            buf, start = buf[:, keep - start :], keep
+
+
 def predict_tiled(
     net: Net,
-    model: nn.Module,
+    model: SegmentationModel,
     image: np.ndarray,
     mean: Sequence[float],
     std: Sequence[float],
@@ -274,15 +317,19 @@ def predict_tiled(
     tile_batch: int = 1,
     logits: bool = False,
     progress: Callable[[Iterable], Iterator] | None = None,
+    output_size: tuple[int, int] | None = None,
 ) -> np.ndarray | Tensor:
     """Label ``image (H, W, C)`` uint8 tile by tile; returns the mask ``(H, W)`` uint8.
 
     ``net``: the network call (normalised ``(N, C, h, w)`` -> raw logits, see the module doc);
-    ``model``: the module it runs (for ``border``, ``valid_input_size``, ``output_size``);
-    ``tile``: tile side in pixels (output tiles for the valid U-Net, rounded down to a multiple
-    of ``2**depth``; input = output tiles for the others); ``overlap``: fraction of the tile
-    shared by neighbours (blended models only; overlap-tiles need none); ``tile_batch``: tiles
-    per network call; ``progress`` wraps the iteration over tile rows (e.g. tqdm).
+    ``model``: the module it runs (for ``border``, ``tile_grid``, ``valid_input_size``,
+    ``output_size``); ``tile``: tile side in pixels (output tiles for the valid U-Net, rounded
+    down to a multiple of ``2**depth``; input = output tiles for the others); ``overlap``:
+    fraction of the tile shared by neighbours (blended models only; overlap-tiles need none);
+    ``tile_batch``: tiles per network call; ``progress`` wraps the iteration over tile rows
+    (e.g. tqdm). ``output_size``: ``(H', W')`` to resize the scores to (bilinear, band by band)
+    before the argmax, for an image the caller resized for the model; the result then has that
+    size.
 
     ``logits=True`` returns a float32 ``(K, H, W)`` tensor instead (this one *is* full-image
     size): the exact logits for the valid U-Net, the log of the blended probabilities for the
@@ -291,34 +338,28 @@ def predict_tiled(
     check_tiling(model, tile, overlap)
     if isinstance(tile_batch, bool) or not isinstance(tile_batch, int) or tile_batch < 1:
         raise ConfigError(f"--tile-batch {tile_batch!r}: must be an integer >= 1")
-    image = _check_image(image, getattr(model, "in_channels", None))
+    image = _check_image(image, model.in_channels)
     device = torch.device(device)
     height, width = image.shape[:2]
-    mask = None if logits else np.empty((height, width), dtype=np.uint8)
-    full: Tensor | None = None
+    args = (net, model, image, mean, std, device, tile)
     with torch.inference_mode():
-        if _border(model) > 0:
-            tiles = _overlap_tiles(net, model, image, mean, std, device, tile, tile_batch, progress)
-            for y, x, scores in tiles:
-                h, w = scores.shape[-2:]
-                if mask is not None:
-                    mask[y : y + h, x : x + w] = scores.argmax(0).to(torch.uint8).cpu().numpy()
-                else:
-                    if full is None:
-                        full = torch.empty(scores.shape[0], height, width)
-                    full[:, y : y + h, x : x + w] = scores.cpu()
+        if model.border > 0:
+            bands = _overlap_tiles(*args, tile_batch, progress)
         else:
-            bands = _blended_bands(
-                net, model, image, mean, std, device, tile, overlap, tile_batch, progress
-            )
-            for y, probs in bands:
-                d = probs.shape[1]
-                if mask is not None:
-                    mask[y : y + d] = probs.argmax(0).to(torch.uint8).cpu().numpy()
-                else:
-                    if full is None:
-                        full = torch.empty(probs.shape[0], height, width)
-                    full[:, y : y + d] = probs.clamp_min(1e-30).log().cpu()
+            bands = _blended_bands(*args, overlap, tile_batch, progress)
+        out_h, out_w = output_size or (height, width)
+        if (out_h, out_w) != (height, width):
+            bands = _upsampled(bands, (height, width), (out_h, out_w))
+        mask = None if logits else np.empty((out_h, out_w), dtype=np.uint8)
+        full: Tensor | None = None
+        for y, scores in bands:
+            d = scores.shape[1]
+            if mask is not None:
+                mask[y : y + d] = scores.argmax(0).to(torch.uint8).cpu().numpy()
+            else:
+                if full is None:
+                    full = torch.empty(scores.shape[0], out_h, out_w)
+                full[:, y : y + d] = scores.cpu()
     if mask is not None:
         return mask
     assert full is not None

@@ -119,3 +119,41 @@ def test_unet_trains_a_step():
     loss = nn.functional.cross_entropy(net(x), y)
     loss.backward()
     assert all(p.grad is not None for p in net.parameters())
+    assert all(torch.isfinite(p.grad).all() for p in net.parameters())
+    # A train-mode BatchNorm subtracts the batch mean, so no gradient reaches the bias of the
+    # conv that feeds it; every other parameter (weights, BatchNorm affine, up-conv and head
+    # biases) gets a non-zero one.
+    before_bn = set()
+    for seq in net.modules():
+        layers = list(seq.children()) if isinstance(seq, nn.Sequential) else []
+        for conv, bn in zip(layers, layers[1:], strict=False):
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                before_bn.add(id(conv.bias))
+    assert len(before_bn) == 2 * (2 + 1 + 2)  # two convs per encoder, bottom, decoder block
+    for name, p in net.named_parameters():
+        if id(p) in before_bn:
+            assert float(p.grad.abs().max()) < 1e-6, name
+        else:
+            assert float(p.grad.abs().max()) > 1e-6, name
+
+
+def test_unet_gradient_matches_finite_differences():
+    """The backward pass is the derivative of the loss: along a random direction of the first
+    conv's weight (where the gradient has to cross every skip and pooling), in float64."""
+    torch.manual_seed(0)
+    net = build("unet", 2, depth=2, base_width=4).double()
+    x = torch.randn(2, 3, 52, 60, dtype=torch.float64)
+    y = torch.randint(0, 2, (2, *net.output_size(52, 60)))
+    loss = nn.functional.cross_entropy(net(x), y)
+    loss.backward()
+    weight = net.encoder[0][0].weight
+    direction = torch.randn_like(weight)
+    analytic = float((weight.grad * direction).sum())
+    eps = 1e-8  # float64: rounding ~1e-8 relative; larger steps cross ReLU / pooling kinks
+    with torch.no_grad():
+        weight.add_(eps * direction)
+        up = float(nn.functional.cross_entropy(net(x), y))
+        weight.sub_(2 * eps * direction)
+        down = float(nn.functional.cross_entropy(net(x), y))
+    assert abs(analytic) > 1e-4
+    assert (up - down) / (2 * eps) == pytest.approx(analytic, rel=1e-5)

@@ -3,10 +3,12 @@
 >>> from pixelwise.models import available, build
 >>> model = build("fcn8s", num_classes=21, width=0.25)
 
-Every model maps ``(N, in_channels, H, W)`` images to ``(N, num_classes, *output_size(H, W))``
-logits and has ``num_classes``, ``in_channels``, ``border`` (pixels lost on each side: 0 except
-for the valid U-Net) and ``output_size(h, w)``. Every builder takes ``in_channels`` (default 3)
-and ``width`` (channel multiplier, default 1.0).
+Every model is a :class:`~pixelwise.models.base.SegmentationModel`: it maps
+``(N, in_channels, H, W)`` images to ``(N, num_classes, *output_size(H, W))`` logits and has
+``num_classes``, ``in_channels``, ``border`` (pixels lost on each side: 0 except for the valid
+U-Net), ``tile_grid``, ``pad`` / ``pad_after``, ``output_size(h, w)`` and
+``valid_input_size(h, w)`` (see that class). Every builder takes ``in_channels`` (default 3) and
+``width`` (channel multiplier, default 1.0).
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ import torch
 from torch import nn
 
 from pixelwise.errors import ConfigError
+from pixelwise.models.base import SegmentationModel
 
-Builder = Callable[..., nn.Module]
+Builder = Callable[..., SegmentationModel]
 _REGISTRY: dict[str, Builder] = {}
 
 
@@ -49,8 +52,11 @@ def unknown_model(name: str) -> str:
     return f"unknown model '{name}'{hint}; choose one of: {', '.join(available())}"
 
 
-def build(name: str, num_classes: int, **kwargs: object) -> nn.Module:
-    """Build the model registered as ``name``; bad names or arguments raise ``ConfigError``."""
+def build(name: str, num_classes: int, **kwargs: object) -> SegmentationModel:
+    """Build the model registered as ``name``; bad names or arguments raise ``ConfigError``.
+
+    A builder that returns anything but a :class:`SegmentationModel` is a programming error
+    (``TypeError``): prediction, tiling and export rely on that contract."""
     if name not in _REGISTRY:
         raise ConfigError(unknown_model(name))
     builder = _REGISTRY[name]
@@ -60,7 +66,13 @@ def build(name: str, num_classes: int, **kwargs: object) -> nn.Module:
             raise ConfigError(
                 f"model '{name}' has no argument '{key}'; it accepts: {', '.join(accepted)}"
             )
-    return builder(num_classes, **kwargs)
+    model = builder(num_classes, **kwargs)
+    if not isinstance(model, SegmentationModel):
+        raise TypeError(
+            f"model '{name}': its builder returned a {type(model).__name__}, "
+            "not a pixelwise.models.base.SegmentationModel"
+        )
+    return model
 
 
 def transfer_weights(target: nn.Module, source_state: dict[str, torch.Tensor]) -> list[str]:
@@ -82,4 +94,4 @@ def transfer_weights(target: nn.Module, source_state: dict[str, torch.Tensor]) -
 # The model modules register their builders on import (they import ``register`` from here).
 from pixelwise.models import convolutionalized, fcn, segnet, unet  # noqa: E402, F401
 
-__all__ = ["available", "build", "register", "transfer_weights"]
+__all__ = ["SegmentationModel", "available", "build", "register", "transfer_weights"]

@@ -1,8 +1,9 @@
 """A patch classifier fine-tuned into a segmentation FCN: convolutionalize + learned upsampling.
 
 ``build("convolutionalized", num_classes)`` is the LeNet-style classifier that
-:func:`pixelwise.heatmap.train_patch_classifier` trains (:func:`pixelwise.dense.lenet`, same
-arguments), rewritten as a fully convolutional net (:func:`pixelwise.dense.convolutionalize`,
+:func:`pixelwise.heatmap.train_patch_classifier` trains (:func:`~pixelwise.models.classifier.lenet`,
+same arguments), rewritten as a fully convolutional net
+(:func:`~pixelwise.models.classifier.convolutionalize`,
 stride 4) and followed by a transposed convolution initialised to bilinear interpolation, so it
 can be fine-tuned end to end on pixel labels (``pixelwise train --model convolutionalized
 --init-from CLASSIFIER_RUN``).
@@ -17,31 +18,18 @@ score sits at that centre; the output is exactly ``H x W`` for any ``H, W >= 1``
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pixelwise.dense import convolutionalize, lenet
 from pixelwise.errors import ConfigError
 from pixelwise.models import register
-from pixelwise.models.layers import BilinearUpsample, check_args, crop, scaled
+from pixelwise.models.base import SegmentationModel
+from pixelwise.models.classifier import convolutionalize, lenet
+from pixelwise.models.layers import BilinearUpsample, check_args, crop, mirror_pad, scaled
 
 __all__ = ["ConvolutionalizedFCN", "classifier_state", "mirror_pad"]
 
 
-def mirror_pad(x: Tensor, top: int, bottom: int, left: int, right: int) -> Tensor:
-    """Reflect-pad ``x`` (N, C, H, W) by any amount: repeated reflections when the padding is
-    larger than the map (``F.pad`` allows less than the size); an axis of size 1 is repeated."""
-    for axis, before, after in ((-2, top, bottom), (-1, left, right)):
-        while before or after:
-            n = x.shape[axis]
-            a, b = (before, after) if n == 1 else (min(before, n - 1), min(after, n - 1))
-            pad = (a, b, 0, 0) if axis == -1 else (0, 0, a, b)
-            x = F.pad(x, pad, mode="replicate" if n == 1 else "reflect")
-            before, after = before - a, after - b
-    return x
-
-
-class ConvolutionalizedFCN(nn.Module):
+class ConvolutionalizedFCN(SegmentationModel):
     """``fcn`` (a convolutionalized LeNet) -> ``upscore`` (learned bilinear x stride) -> crop.
 
     ``(N, in_channels, H, W) -> (N, num_classes, H, W)`` for any ``H, W >= 1``. Parameter names
@@ -52,10 +40,7 @@ class ConvolutionalizedFCN(nn.Module):
     def __init__(
         self, num_classes: int, in_channels: int = 3, width: float = 1.0, patch_size: int = 32
     ) -> None:
-        super().__init__()
-        self.num_classes = num_classes
-        self.in_channels = in_channels
-        self.border = 0
+        super().__init__(num_classes, in_channels)
         self.patch_size = patch_size
         with torch.device("cpu"):  # convolutionalize checks itself with a real forward pass
             classifier = lenet(
@@ -87,6 +72,9 @@ class ConvolutionalizedFCN(nn.Module):
         )
 
     def output_size(self, h: int, w: int) -> tuple[int, int]:
+        """``(h, w)``: any input of at least 1 x 1 pixel."""
+        if h < 1 or w < 1:
+            raise ConfigError(f"input {h}x{w} is empty: the convolutionalized FCN takes 1x1 and up")
         return h, w
 
     def scores(self, x: Tensor) -> Tensor:

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from pixelwise.errors import ConfigError
 from pixelwise.models import register
+from pixelwise.models.base import SegmentationModel
 from pixelwise.models.layers import BilinearUpsample, check_args, crop, init_he, scaled
 from pixelwise.models.vgg import load_encoder_weights, vgg16_features
 
@@ -24,7 +25,7 @@ _POOL4_OFFSET = 5  # crop of score_pool4 onto upscore2 (stride 16)
 _POOL3_OFFSET = 9  # crop of score_pool3 onto upscore_pool4 (stride 8)
 
 
-class FCN(nn.Module):
+class FCN(SegmentationModel):
     """Fully convolutional VGG16 with skip fusion down to ``stride`` 32, 16 or 8.
 
     ``forward``: ``(N, in_channels, H, W) -> (N, num_classes, H, W)`` for any H, W >= 1.
@@ -45,13 +46,10 @@ class FCN(nn.Module):
         learnable_upsampling: bool = True,
         dropout: float = 0.5,
     ) -> None:
-        super().__init__()
         if stride not in _FINAL:
             raise ConfigError(f"FCN stride must be 32, 16 or 8, got {stride!r}")
-        self.num_classes = num_classes
-        self.in_channels = in_channels
-        self.stride = stride
-        self.border = 0
+        super().__init__(num_classes, in_channels)
+        self.stride = stride  # output stride of the fused scores (not the tile grid: 32)
         c = num_classes
         fc = scaled(4096, width)
         self.features = vgg16_features(

@@ -1,4 +1,5 @@
-"""Building blocks shared by the model zoo: bilinear upsampling, cropping, init, argument checks.
+"""Building blocks shared by the model zoo: bilinear upsampling, cropping, mirror padding, init,
+argument checks.
 
 Shapes use N (batch), C (channels), H, W (height, width).
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pixelwise.errors import ConfigError
@@ -109,6 +111,25 @@ def center_crop(x: Tensor, height: int, width: int) -> Tensor:
     """The central ``height x width`` window of ``x`` (rounding the offset down)."""
     h, w = x.shape[-2:]
     return crop(x, (h - height) // 2, (w - width) // 2, height, width)
+
+
+def mirror_pad(x: Tensor, top: int, bottom: int, left: int, right: int) -> Tensor:
+    """Reflect-pad ``x (N, C, H, W)`` by any amounts ``>= 0``, one axis after the other.
+
+    Padding larger than the map (which ``F.pad`` refuses) is done by repeated reflections; an
+    axis of size 1 has nothing to reflect and is repeated (edge replication). Used by the
+    convolutionalized FCN on its input and by prediction to give the valid U-Net its context
+    (the overlap-tile strategy of the U-Net paper; :mod:`pixelwise.tiles` computes the same
+    indices without padding the image).
+    """
+    for axis, before, after in ((-2, top, bottom), (-1, left, right)):
+        while before or after:
+            n = x.shape[axis]
+            a, b = (before, after) if n == 1 else (min(before, n - 1), min(after, n - 1))
+            pad = (a, b, 0, 0) if axis == -1 else (0, 0, a, b)
+            x = F.pad(x, pad, mode="replicate" if n == 1 else "reflect")
+            before, after = before - a, after - b
+    return x
 
 
 def init_he(module: nn.Module, mode: str = "fan_out") -> None:

@@ -14,6 +14,7 @@ from torch import Size, Tensor, nn
 
 from pixelwise.errors import ConfigError
 from pixelwise.models import register
+from pixelwise.models.base import SegmentationModel
 from pixelwise.models.layers import check_args, conv_bn_relu, init_he, scaled
 from pixelwise.models.vgg import VGG16_CFG, load_encoder_weights, vgg16_features
 
@@ -68,7 +69,7 @@ def _encode(features: nn.Sequential, x: Tensor) -> tuple[Tensor, list[Tensor], l
     return x, indices, sizes
 
 
-class SegNet(nn.Module):
+class SegNet(SegmentationModel):
     """SegNet: VGG16-BN encoder, mirrored decoder that unpools with the encoder's indices.
 
     ``forward``: ``(N, in_channels, H, W) -> (N, num_classes, H, W)``, H, W >= 32.
@@ -80,10 +81,7 @@ class SegNet(nn.Module):
     """
 
     def __init__(self, num_classes: int, in_channels: int = 3, width: float = 1.0) -> None:
-        super().__init__()
-        self.num_classes = num_classes
-        self.in_channels = in_channels
-        self.border = 0
+        super().__init__(num_classes, in_channels)
         self.features = vgg16_features(in_channels, width, batch_norm=True, pool_indices=True)
         self.unpool = nn.MaxUnpool2d(2, 2)
         self.decoder = nn.ModuleList(
@@ -106,8 +104,12 @@ class SegNet(nn.Module):
         """``(h, w)``; ``ConfigError`` below 32 x 32 (five floor poolings)."""
         return _min_size(5, h, w, "SegNet")
 
+    def valid_input_size(self, h: int, w: int) -> tuple[int, int]:
+        """``(h, w)``, at least 32 x 32: unpooling restores every size exactly."""
+        return max(h, 32), max(w, 32)
 
-class SegNetBasic(nn.Module):
+
+class SegNetBasic(SegmentationModel):
     """SegNet-Basic: 4 x [7x7 conv 64, BN, ReLU, pool] then 4 x [unpool, 7x7 conv 64, BN].
 
     ``forward``: ``(N, in_channels, H, W) -> (N, num_classes, H, W)``, H, W >= 16. The decoder
@@ -117,10 +119,7 @@ class SegNetBasic(nn.Module):
     def __init__(
         self, num_classes: int, in_channels: int = 3, width: float = 1.0, stages: int = 4
     ) -> None:
-        super().__init__()
-        self.num_classes = num_classes
-        self.in_channels = in_channels
-        self.border = 0
+        super().__init__(num_classes, in_channels)
         c = scaled(64, width)
         self.encoder = nn.ModuleList(
             conv_bn_relu(in_channels if i == 0 else c, c, 7, 3) for i in range(stages)
@@ -148,8 +147,13 @@ class SegNetBasic(nn.Module):
         """``(h, w)``; ``ConfigError`` below 16 x 16 (four floor poolings)."""
         return _min_size(len(self.encoder), h, w, "SegNet-Basic")
 
+    def valid_input_size(self, h: int, w: int) -> tuple[int, int]:
+        """``(h, w)``, at least ``2**stages`` (16) per side: unpooling restores every size."""
+        smallest = 2 ** len(self.encoder)
+        return max(h, smallest), max(w, smallest)
 
-class DeconvNet(nn.Module):
+
+class DeconvNet(SegmentationModel):
     """DeconvNet: VGG16-BN encoder, fc6/fc7 as convs, mirrored unpool + deconvolution decoder.
 
     ``forward``: ``(N, in_channels, H, W) -> (N, num_classes, H, W)``, H, W >= 32.
@@ -166,10 +170,7 @@ class DeconvNet(nn.Module):
     """
 
     def __init__(self, num_classes: int, in_channels: int = 3, width: float = 1.0) -> None:
-        super().__init__()
-        self.num_classes = num_classes
-        self.in_channels = in_channels
-        self.border = 0
+        super().__init__(num_classes, in_channels)
         c5, fc = scaled(512, width), scaled(4096, width)
         self.features = vgg16_features(in_channels, width, batch_norm=True, pool_indices=True)
         self.fc6 = nn.Conv2d(c5, fc, 7, padding=3)
@@ -208,6 +209,10 @@ class DeconvNet(nn.Module):
     def output_size(self, h: int, w: int) -> tuple[int, int]:
         """``(h, w)``; ``ConfigError`` below 32 x 32 (five floor poolings)."""
         return _min_size(5, h, w, "DeconvNet")
+
+    def valid_input_size(self, h: int, w: int) -> tuple[int, int]:
+        """``(h, w)``, at least 32 x 32: unpooling restores every size exactly."""
+        return max(h, 32), max(w, 32)
 
 
 @register("segnet")

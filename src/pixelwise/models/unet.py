@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from pixelwise.errors import ConfigError
 from pixelwise.models import register
+from pixelwise.models.base import SegmentationModel
 from pixelwise.models.layers import check_args, conv_bn_relu, crop, init_he, scaled
 
 
@@ -28,7 +29,7 @@ def double_conv(
     )
 
 
-class UNet(nn.Module):
+class UNet(SegmentationModel):
     """U-Net with ``depth`` 2x2 poolings and ``base_width * 2**level`` channels per level.
 
     ``forward``: ``(N, in_channels, H, W) -> (N, num_classes, *output_size(H, W))``.
@@ -57,12 +58,12 @@ class UNet(nn.Module):
         batch_norm: bool = False,
         dropout: float = 0.0,
     ) -> None:
-        super().__init__()
         if padding not in ("valid", "same"):
             raise ConfigError(f"U-Net padding must be 'valid' or 'same', got {padding!r}")
-        self.num_classes = num_classes
-        self.in_channels = in_channels
+        border = _border(depth) if padding == "valid" else 0
+        super().__init__(num_classes, in_channels, border)
         self.depth = depth
+        self.tile_grid = 2**depth
         self.padding = padding
         pad = 1 if padding == "same" else 0
         chans = [scaled(base_width * 2**level, width) for level in range(depth + 1)]
@@ -85,7 +86,6 @@ class UNet(nn.Module):
         )
         self.head = nn.Conv2d(chans[0], num_classes, 1)
         self.skip_offsets = _skip_offsets(depth) if padding == "valid" else [0] * depth
-        self.border = _border(depth) if padding == "valid" else 0
         init_he(self, mode="fan_in")
 
     def forward(self, x: Tensor) -> Tensor:
