@@ -30,6 +30,7 @@ from pixelwise.data.transforms import default_normalization, to_tensor
 from pixelwise.dense import atrous, convolutionalize, lenet
 from pixelwise.errors import ConfigError
 from pixelwise.files import atomic_path, write_json
+from pixelwise.models.classifier import CLASSIFIER_FILE, META_FILE, has_patch_classifier
 from pixelwise.runs import load_weights
 
 __all__ = [
@@ -44,8 +45,6 @@ __all__ = [
     "write_heatmap_figure",
 ]
 
-CLASSIFIER_FILE = "classifier.safetensors"
-META_FILE = "classifier.json"
 FORMAT = "pixelwise-patch-classifier"
 PATCH = 32
 DIGIT_SIZE = (16, 26)  # digit heights (pixels) in the training scenes and the default image
@@ -292,12 +291,6 @@ def load_patch_classifier(run_dir: str | Path) -> tuple[nn.Module, dict[str, Any
             f"{weights}: weights do not fit the architecture in {META_FILE} ({first})"
         ) from None
     return model.eval(), meta
-
-
-def has_patch_classifier(run_dir: str | Path) -> bool:
-    """Whether ``run_dir`` holds a classifier (either of its two files)."""
-    run = Path(run_dir)
-    return (run / META_FILE).exists() or (run / CLASSIFIER_FILE).exists()
 
 
 # --------------------------------------------------------------------------- heatmaps

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 from collections import OrderedDict
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -20,10 +21,13 @@ from torch import Tensor, nn
 from pixelwise.errors import ConfigError
 
 __all__ = [
+    "CLASSIFIER_FILE",
+    "META_FILE",
     "SLIDING",
     "ConvolutionalizedNet",
     "Pair",
     "convolutionalize",
+    "has_patch_classifier",
     "lenet",
     "pair",
     "sliding_params",
@@ -338,3 +342,14 @@ def lenet(
             fc3=nn.Linear(hidden[1], num_classes),
         )
     )
+
+
+#: A patch classifier folder (written by ``pixelwise heatmap``): its weights and description.
+CLASSIFIER_FILE = "classifier.safetensors"
+META_FILE = "classifier.json"
+
+
+def has_patch_classifier(folder: str | Path) -> bool:
+    """Whether ``folder`` holds a patch classifier (either of its two files)."""
+    folder = Path(folder)
+    return (folder / META_FILE).exists() or (folder / CLASSIFIER_FILE).exists()

@@ -25,7 +25,9 @@ def dataset_fingerprint(config: Any, progress: Callable | None = None) -> tuple[
     from pixelwise.training.setup import open_split
 
     train = open_split(config, "train", config.channels)
-    val = open_split(config, "val", train.channels, classes=train.classes, label_map=train.label_map)
+    val = open_split(
+        config, "val", train.channels, classes=train.classes, label_map=train.label_map
+    )
     splits = {"train": len(train), "val": len(val)}
     key = counts_key(train)
     if key is not None:

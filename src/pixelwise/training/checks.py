@@ -4,15 +4,29 @@ option (``--lr: must be positive, got -1``) or the file it came from."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import fields
 from functools import cache
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pixelwise.errors import ConfigError
 
-if TYPE_CHECKING:
-    from pixelwise.training.config import TrainConfig
+TrainConfig = Any  # pixelwise.training.config.TrainConfig (which imports this module)
+
+
+def field_flag(f: dataclasses.Field) -> str:
+    """The command-line flag of a TrainConfig field: its ``flag`` metadata, else ``--name``
+    (``--no-name`` for a boolean whose default is True)."""
+    if "flag" in f.metadata:
+        return f.metadata["flag"]
+    flag = "--" + f.name.replace("_", "-")
+    return flag.replace("--", "--no-", 1) if f.default is True else flag
+
+
+def _flag(cls: Any, name: str) -> str:
+    by_name = {f.name: f for f in fields(cls)}
+    return field_flag(by_name[name]) if name in by_name else name
 
 
 @cache
@@ -27,8 +41,6 @@ def typed_fields(cls: type, d: dict[str, Any], source: str = "") -> dict[str, An
     "3" -> 3 from text files, no unknown names); returns the field values."""
     from pydantic import ValidationError
 
-    from pixelwise.training.config import option_flag
-
     names = {f.name for f in fields(cls)}
     where = f"{source}: " if source else ""
     unknown = sorted(set(d) - names)
@@ -39,17 +51,20 @@ def typed_fields(cls: type, d: dict[str, Any], source: str = "") -> dict[str, An
     except ValidationError as err:
         first = err.errors()[0]
         name = str(first["loc"][0]) if first["loc"] else "?"
-        label = option_flag(name) if name in names else name
+        label = _flag(cls, name)
         given = first.get("input")
         raise ConfigError(f"{where}{label}: {first['msg'].lower()} (got {given!r})") from None
     return {f.name: getattr(obj, f.name) for f in fields(cls)}
 
 
-def _need(cond: bool, name: str, what: str) -> None:
-    from pixelwise.training.config import option_flag
+def _needer(c: Any):
+    """``need(cond, field, what)``: raise ConfigError naming the field's flag unless ``cond``."""
 
-    if not cond:
-        raise ConfigError(f"{option_flag(name)}: {what}")
+    def need(cond: bool, name: str, what: str) -> None:
+        if not cond:
+            raise ConfigError(f"{_flag(type(c), name)}: {what}")
+
+    return need
 
 
 def _finite(v: Any) -> bool:
@@ -67,87 +82,92 @@ def check_config(c: TrainConfig) -> None:
 
 def _check_choices(c: TrainConfig) -> None:
     """Every field with ``choices`` in its metadata holds one of them (or its None default)."""
+    need = _needer(c)
     for f in fields(c):
         choices = f.metadata.get("choices")
         value = getattr(c, f.name)
         if choices and not (value is None and f.default is None) and value not in choices:
             shown = ", ".join(repr(x) if not isinstance(x, str) else x for x in choices)
-            _need(False, f.name, f"choose one of {shown}, got {value!r}")
+            need(False, f.name, f"choose one of {shown}, got {value!r}")
 
 
 def _check_optimisation(c: TrainConfig) -> None:
-    _need(c.epochs >= 1, "epochs", f"must be at least 1, got {c.epochs}")
-    _need(c.batch_size >= 1, "batch_size", f"must be at least 1, got {c.batch_size}")
-    _need(_finite(c.lr) and c.lr > 0, "lr", f"must be positive, got {c.lr}")
-    _need(0 <= c.momentum < 1, "momentum", f"must be in [0, 1), got {c.momentum}")
-    _need(c.weight_decay >= 0, "weight_decay", "must be >= 0")
-    _need(
+    need = _needer(c)
+    need(c.epochs >= 1, "epochs", f"must be at least 1, got {c.epochs}")
+    need(c.batch_size >= 1, "batch_size", f"must be at least 1, got {c.batch_size}")
+    need(_finite(c.lr) and c.lr > 0, "lr", f"must be positive, got {c.lr}")
+    need(0 <= c.momentum < 1, "momentum", f"must be in [0, 1), got {c.momentum}")
+    need(c.weight_decay >= 0, "weight_decay", "must be >= 0")
+    need(
         c.budget is None or (_finite(c.budget) and c.budget > 0),
         "budget",
         f"must be a positive duration, got {c.budget}",
     )
-    _need(c.accumulate >= 1, "accumulate", f"must be an integer >= 1, got {c.accumulate!r}")
-    _need(_finite(c.width) and 0 < c.width <= 4, "width", f"must be in (0, 4], got {c.width}")
+    need(c.accumulate >= 1, "accumulate", f"must be an integer >= 1, got {c.accumulate!r}")
+    need(_finite(c.width) and 0 < c.width <= 4, "width", f"must be in (0, 4], got {c.width}")
     from pixelwise.models import available, unknown_model
 
     # the model name before the (possibly long) data check; its arguments at build time
-    _need(c.model in available(), "model", unknown_model(c.model))
+    need(c.model in available(), "model", unknown_model(c.model))
 
 
 def _check_augmentation(c: TrainConfig) -> None:
-    _need(c.crop_size >= 8, "crop_size", f"must be at least 8, got {c.crop_size}")
-    _need(
+    need = _needer(c)
+    need(c.crop_size >= 8, "crop_size", f"must be at least 8, got {c.crop_size}")
+    need(
         0 < c.scale_min <= c.scale_max,
         "scale_min",
         f"need 0 < min <= max, got {c.scale_min}..{c.scale_max}",
     )
-    _need(
+    need(
         _finite(c.input_scale) and 0.05 <= c.input_scale <= 4,
         "input_scale",
         f"must be between 0.05 and 4, got {c.input_scale}",
     )
-    _need(0 <= c.rotate <= 180, "rotate", f"must be 0..180 degrees, got {c.rotate}")
-    _need(_finite(c.elastic) and c.elastic >= 0, "elastic", f"must be >= 0 pixels, got {c.elastic}")
-    _need(0 <= c.color_jitter <= 1, "color_jitter", f"must be 0..1, got {c.color_jitter}")
-    _need(c.points >= 0, "points", f"must be >= 0 (0: dense masks), got {c.points}")
+    need(0 <= c.rotate <= 180, "rotate", f"must be 0..180 degrees, got {c.rotate}")
+    need(_finite(c.elastic) and c.elastic >= 0, "elastic", f"must be >= 0 pixels, got {c.elastic}")
+    need(0 <= c.color_jitter <= 1, "color_jitter", f"must be 0..1, got {c.color_jitter}")
+    need(c.points >= 0, "points", f"must be >= 0 (0: dense masks), got {c.points}")
 
 
 def _check_data_and_run(c: TrainConfig) -> None:
+    need = _needer(c)
     from pixelwise.data.layouts import parse_label_map
 
-    _need(c.channels in (None, 1, 3), "channels", "must be 1 or 3")
-    _need(c.workers >= 0, "workers", "must be >= 0")
-    _need(c.threads is None or c.threads >= 1, "threads", "must be at least 1")
-    _need(0 < c.val_fraction < 1, "val_fraction", "must be between 0 and 1")
+    need(c.channels in (None, 1, 3), "channels", "must be 1 or 3")
+    need(c.workers >= 0, "workers", "must be >= 0")
+    need(c.threads is None or c.threads >= 1, "threads", "must be at least 1")
+    need(0 < c.val_fraction < 1, "val_fraction", "must be between 0 and 1")
     parse_label_map(c.label_map)  # ConfigError naming --label-map
-    _need(c.overlays >= 0, "overlays", "must be >= 0")
-    _need(c.log_every >= 1, "log_every", "must be >= 1")
-    _need(c.val_every >= 1, "val_every", f"must be an integer >= 1 (epochs), got {c.val_every!r}")
-    _need(c.save_every >= 0, "save_every", f"must be >= 0 steps, got {c.save_every}")
+    need(c.overlays >= 0, "overlays", "must be >= 0")
+    need(c.log_every >= 1, "log_every", "must be >= 1")
+    need(c.val_every >= 1, "val_every", f"must be an integer >= 1 (epochs), got {c.val_every!r}")
+    need(c.save_every >= 0, "save_every", f"must be >= 0 steps, got {c.save_every}")
 
 
 def _check_loss(c: TrainConfig) -> None:
-    _need(
+    need = _needer(c)
+    need(
         c.loss != "weighted-ce" or c.weight_map is not None,
         "loss",
         "weighted-ce needs a weight map; add --weight-map unet",
     )
-    _need(
+    need(
         c.weight_map is None or c.loss == "weighted-ce",
         "weight_map",
         "is used by --loss weighted-ce; add it",
     )
-    _need(_finite(c.w0) and c.w0 >= 0, "w0", f"must be >= 0, got {c.w0}")
-    _need(_finite(c.sigma) and c.sigma > 0, "sigma", "must be > 0 pixels")
-    _need(
+    need(_finite(c.w0) and c.w0 >= 0, "w0", f"must be >= 0, got {c.w0}")
+    need(_finite(c.sigma) and c.sigma > 0, "sigma", "must be > 0 pixels")
+    need(
         not (c.points and c.weight_map),
         "points",
         "border weight maps need dense masks; drop --weight-map or --points",
     )
     if isinstance(c.class_weights, str):
-        _need(c.class_weights == "auto", "class_weights", "give 'auto', 'none' or numbers")
+        need(c.class_weights == "auto", "class_weights", "give 'auto', 'none' or numbers")
     elif c.class_weights is not None:
-        _need(
+        need(
             all(_finite(w) and w >= 0 for w in c.class_weights),
             "class_weights",
             "must be non-negative numbers",

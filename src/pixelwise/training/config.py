@@ -27,6 +27,7 @@ from typing import Any
 
 from pixelwise.errors import ConfigError
 from pixelwise.training.budget import parse_duration
+from pixelwise.training.checks import check_config, field_flag, typed_fields
 
 __all__ = [
     "AMP_MODES",
@@ -338,16 +339,12 @@ class TrainConfig:
     # ---------------------------------------------------------------------------------------
     def validate(self) -> None:
         """Raise ConfigError naming the option for any nonsensical value."""
-        from pixelwise.training.checks import check_config
-
         check_config(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "") -> TrainConfig:
         """Build from plain data (a TOML file, ``config.json``): unknown names and wrong types
         are one-line ConfigErrors naming ``source`` (a file) or the option."""
-        from pixelwise.training.checks import typed_fields
-
         return cls(**typed_fields(cls, d, source))
 
     def to_dict(self) -> dict[str, Any]:
@@ -359,11 +356,7 @@ class TrainConfig:
 
 def option_flag(name: str) -> str:
     """The command-line flag that sets field ``name`` (``data_format`` -> ``--format``)."""
-    f = {f.name: f for f in fields(TrainConfig)}[name]
-    if "flag" in f.metadata:
-        return f.metadata["flag"]
-    flag = "--" + name.replace("_", "-")
-    return flag.replace("--", "--no-", 1) if f.default is True else flag
+    return field_flag({f.name: f for f in fields(TrainConfig)}[name])
 
 
 def field_default(name: str) -> Any:

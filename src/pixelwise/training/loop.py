@@ -348,14 +348,14 @@ def _train_epoch(t: Trainer, epoch: int, first: int) -> tuple[torch.Tensor, torc
             t.class_weights if pixel_weights is None else None,
             pixel_weights=pixel_weights,
             ignore_index=t.data.classes.ignore_index,
-            border=int(getattr(t.core, "border", 0)) or None,  # TODO(contract)
+            border=t.core.border or None,
         )
         if config.loss == "dice-ce":
             loss = loss + soft_dice_loss(
                 logits,
                 y,
                 ignore_index=t.data.classes.ignore_index,
-                border=int(getattr(t.core, "border", 0)) or None,  # TODO(contract)
+                border=t.core.border or None,
             )
         if (i - 1) % acc == 0 or i == first + 1:  # a new accumulation group
             t.optimizer.zero_grad(set_to_none=True)

@@ -185,7 +185,7 @@ def init_from(model: torch.nn.Module, source: str) -> str:
     """Copy every matching weight from a run directory (staged training) or from a patch
     classifier folder written by ``pixelwise heatmap`` (its Linear layers reshaped onto the
     convolutionalized model's convs); return a one-line note."""
-    from pixelwise.heatmap import CLASSIFIER_FILE, has_patch_classifier  # TODO(contract)
+    from pixelwise.models.classifier import CLASSIFIER_FILE, has_patch_classifier
     from pixelwise.models.convolutionalized import classifier_state
 
     if has_patch_classifier(source):
@@ -276,10 +276,9 @@ def write_run_config(out: Path, contents: dict[str, Any]) -> None:
 def training_crop(config: TrainConfig, model: torch.nn.Module) -> int:
     """The crop side: ``--crop-size``, for the valid U-Net the overlap tile whose poolings all
     see even sizes and whose output is about ``--crop-size`` minus the border."""
-    border = int(getattr(model, "border", 0))  # TODO(contract)
-    if not border:
+    if not model.border:
         return config.crop_size
-    inner = max(1, config.crop_size - 2 * border)
+    inner = max(1, config.crop_size - 2 * model.border)
     return model.valid_input_size(inner, inner)[0]
 
 
