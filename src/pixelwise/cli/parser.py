@@ -149,7 +149,8 @@ def _add_train(sub: Any) -> None:
         "--resume",
         metavar="RUN",
         help="continue RUN from its last committed checkpoint with the options recorded in it; "
-        f"only {', '.join(resume_free_flags())} may be given (a larger --epochs trains longer)",
+        f"only {', '.join(resume_free_flags())} may differ from the run's (a larger --epochs "
+        "trains longer)",
     )
     groups = add_config_options(t)
     _add_max_image_pixels(groups["run"])
