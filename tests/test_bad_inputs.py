@@ -335,6 +335,10 @@ def test_bad_run_directories(run_dir, digits_folder, tmp_path, capsys, case):
         ("--max-image-pixels", "-5", "--max-image-pixels: must be >= 0"),
         ("--model", "fcn9s", "did you mean 'fcn8s'"),
         ("--model", "unet-same", "did you mean 'unet_same'"),
+        ("--data-arg", "limit", "--data-arg 'limit': expected KEY=VALUE, e.g. limit=N"),
+        ("--model-arg", "=3", "--model-arg '=3': expected KEY=VALUE, e.g. depth=3"),
+        ("--class-weights", "1,x", "--class-weights '1,x': give 'none', 'auto' or"),
+        ("--class-weights", "2,nan", "--class-weights: must be non-negative numbers"),
     ],
 )
 def test_nonsense_training_options(tmp_path, capsys, option, value, needle):

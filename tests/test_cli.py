@@ -45,6 +45,17 @@ def test_console_entry_point_help():
     assert "--model" in out and "--init-from" in out
 
 
+def test_console_entry_point_unknown_option_and_trailing_global_option():
+    done = subprocess.run(
+        [sys.executable, "-m", "pixelwise", "train", "--epochs", "2", "--bogus", "-q"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.startswith("usage: pixelwise train")
+    assert done.stderr.strip().endswith("error: unrecognized arguments: --bogus"), done.stderr
+
+
 def test_predict_writes_mask_and_overlay_for_odd_sizes(run_dir, tmp_path, capsys):
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 255, (97, 131, 3), dtype=np.uint8)).save(tmp_path / "a.png")

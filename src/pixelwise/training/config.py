@@ -258,7 +258,7 @@ class TrainConfig:
         metavar="N",
     )
     # -- run -------------------------------------------------------------------------------
-    out: str = opt("runs/latest", "run directory to create", group="run", metavar="RUN")
+    out: str = opt("runs/latest", "run directory to create", group="run", metavar="RUN", demo=True)
     overwrite: bool = opt(False, "replace an existing run directory", group="run", demo=True)
     seed: int = opt(0, "random seed", group="run", demo=True)
     device: str = opt("auto", "auto, cpu, cuda or cuda:N", group="run", resume="free", demo=True)
