@@ -31,6 +31,7 @@ LAYERS: dict[str, int] = {
     "plots": 3,
     "runs": 3,
     "training": 4,
+    "planning": 4,
     "evaluate": 4,
     "predict": 4,
     "tiles": 4,

@@ -5,13 +5,19 @@
 - :mod:`.setup`: data, model, run directory, batches and optimizer, made before the first step;
 - :mod:`.loop`: the training loop, read top to bottom;
 - :mod:`.resume`: continuing a run from its committed checkpoint;
+- :mod:`.budget`: the wall-clock budget;
 - :mod:`.signals`, :mod:`.amp`, :mod:`.records`: Ctrl-C, mixed precision, metrics and pictures.
+
+The loop and the resume rules import torch; they are loaded on first use, so that reading the
+options (``pixelwise --help``) stays fast.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 from pixelwise.training.config import TrainConfig
-from pixelwise.training.loop import TrainingDiverged, train
-from pixelwise.training.resume import RESUME_FREE_OPTIONS, resume_config
-from pixelwise.training.signals import TrainingInterrupted
 
 __all__ = [
     "RESUME_FREE_OPTIONS",
@@ -21,3 +27,17 @@ __all__ = [
     "resume_config",
     "train",
 ]
+
+_LAZY = {
+    "train": "pixelwise.training.loop",
+    "TrainingDiverged": "pixelwise.training.loop",
+    "RESUME_FREE_OPTIONS": "pixelwise.training.resume",
+    "resume_config": "pixelwise.training.resume",
+    "TrainingInterrupted": "pixelwise.training.signals",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'pixelwise.training' has no attribute {name!r}")
