@@ -29,6 +29,7 @@ from pixelwise.data.base import apply_valid_mask
 from pixelwise.data.classes import ClassInfo
 from pixelwise.data.io import read_image, read_mask
 from pixelwise.data.layouts import (
+    Layout,
     Pair,
     Problem,
     label_map_text,
@@ -247,6 +248,67 @@ def _sizes(sizes: Counter) -> dict[str, Any]:
     }
 
 
+def _list(
+    layout: Layout, splits: Iterable[str] | None, limit: int | None
+) -> tuple[dict[str, int], list[Pair], list[Problem]]:
+    """Samples per split, every distinct pair, and the listing problems (lenient listing)."""
+    listing: list[Problem] = []
+    per_split: dict[str, int] = {}
+    entries: dict[tuple[Path, Path], Pair] = {}
+    for split in list(splits) if splits is not None else layout.splits():
+        found = layout.find(split, listing)
+        if limit is not None:
+            found = found[:limit]
+        per_split[split] = len(found)
+        for p in found:
+            entries.setdefault((p.image, p.mask), p)
+    problems = list(dict.fromkeys(Problem(p.path, _one_line(p.problem)) for p in listing))
+    return per_split, list(entries.values()), problems
+
+
+def _cache_key(layout: Layout, pairs: list[Pair], *parts: Any) -> str | None:
+    """The check cache's key for these files and options (None when a file cannot be read)."""
+    try:
+        files = _cache.file_signature(paths_of(pairs) + layout.extra_files())
+    except OSError:
+        return None
+    return _cache.cache_key("check", layout.name, str(layout.root.absolute()), files, *parts)
+
+
+def _cached(key: str | None) -> CheckReport | None:
+    """A passing report stored under ``key``, or None."""
+    entry = _cache.load("check", key) if key else None
+    if entry is None:
+        return None
+    try:
+        report = CheckReport.from_dict(entry)
+    except (ConfigError, KeyError, TypeError):
+        return None
+    if not report.ok:
+        return None
+    report.from_cache = True
+    return report
+
+
+def _read_all(
+    layout: Layout,
+    pairs: list[Pair],
+    declared: ClassInfo | None,
+    label_map: dict[int, int] | None,
+    problems: list[Problem],
+    progress: Progress | None,
+) -> _Acc:
+    """Read every pair; byte-identical images become problems."""
+    acc = _Acc(problems=problems)
+    for pair in progress(pairs) if progress else pairs:
+        _read_pair(pair, declared, label_map, acc)
+    for same in acc.digests.values():
+        first = _relative(same[0], layout.root)
+        for p in same[1:]:
+            acc.problem(p, f"byte-identical to {first} (a duplicate under another name)")
+    return acc
+
+
 def check_dataset(
     root: str | Path,
     format: str | None = None,
@@ -271,18 +333,7 @@ def check_dataset(
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ConfigError(f"--data-arg limit={limit!r}: must be a positive integer")
     layout = make_layout(root, format, **options)
-    listing: list[Problem] = []
-    per_split: dict[str, int] = {}
-    entries: dict[tuple[Path, Path], Pair] = {}
-    for split in list(splits) if splits is not None else layout.splits():
-        found = layout.find(split, listing)
-        if limit is not None:
-            found = found[:limit]
-        per_split[split] = len(found)
-        for p in found:
-            entries.setdefault((p.image, p.mask), p)
-    problems = list(dict.fromkeys(Problem(p.path, _one_line(p.problem)) for p in listing))
-    pairs = list(entries.values())
+    per_split, pairs, problems = _list(layout, splits, limit)
     try:
         declared = classes or layout.declared_classes()
     except DataError as e:  # e.g. a malformed classes.txt: a problem, and labels stay unknown
@@ -294,44 +345,24 @@ def check_dataset(
 
     key = None
     if cache and not problems:
-        try:
-            files = _cache.file_signature(paths_of(pairs) + layout.extra_files())
-            key = _cache.cache_key(
-                "check",
-                layout.name,
-                str(layout.root.absolute()),
-                files,
-                label_map_text(user_map),
-                classes.to_dict() if classes is not None else None,
-                sorted(options.items()),
-                per_split,
-            )
-        except OSError:
-            key = None
-        entry = _cache.load("check", key) if key else None
-        if entry is not None:
-            try:
-                report = CheckReport.from_dict(entry)
-            except (ConfigError, KeyError, TypeError):
-                report = None
-            if report is not None and report.ok:
-                report.from_cache = True
-                return report
+        key = _cache_key(
+            layout,
+            pairs,
+            label_map_text(user_map),
+            classes.to_dict() if classes is not None else None,
+            sorted(options.items()),
+            per_split,
+        )
+        cached = _cached(key)
+        if cached is not None:
+            return cached
 
-    acc = _Acc(problems=problems)
-    for pair in progress(pairs) if progress else pairs:
-        _read_pair(pair, declared, first_map, acc)
-    for same in acc.digests.values():
-        first = _relative(same[0], layout.root)
-        for p in same[1:]:
-            acc.problem(p, f"byte-identical to {first} (a duplicate under another name)")
-
+    acc = _read_all(layout, pairs, declared, first_map, problems, progress)
     final_classes: ClassInfo | None = None
     notes: list[str] = []
     effective = first_map
-    seen = acc.hist > 0
     try:
-        final_classes, effective, notes = layout.labels(classes, user_map, seen=seen)
+        final_classes, effective, notes = layout.labels(classes, user_map, seen=acc.hist > 0)
     except DataError as e:
         acc.problem(e.path, e.problem)
     hist = acc.hist

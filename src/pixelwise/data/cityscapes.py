@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pixelwise.data.classes import ClassInfo
-from pixelwise.data.layouts import Layout, Pair, Problems, index_files, match
+from pixelwise.data.layout_base import Layout, Pair, Problems, index_files, match
 from pixelwise.errors import DataError
 
 # (train id, name, colour) of the 19 evaluated classes, with their label ids

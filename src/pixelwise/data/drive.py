@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pixelwise.data.classes import ClassInfo
-from pixelwise.data.layouts import (
+from pixelwise.data.layout_base import (
     IMAGE_SUFFIXES,
     MASK_SUFFIXES,
     Layout,

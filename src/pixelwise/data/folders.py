@@ -30,7 +30,7 @@ import numpy as np
 
 from pixelwise.data.classes import ClassInfo
 from pixelwise.data.io import read_mask
-from pixelwise.data.layouts import (
+from pixelwise.data.layout_base import (
     IMAGE_SUFFIXES,
     MASK_SUFFIXES,
     Layout,

@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pixelwise.data.classes import ClassInfo, default_palette
-from pixelwise.data.layouts import Layout, Pair, Problems, report
+from pixelwise.data.layout_base import Layout, Pair, Problems, report
 from pixelwise.errors import DataError
 
 VOC_NAMES = (
