@@ -217,6 +217,32 @@ def image_channels(path: str | Path) -> int:
         raise DataError(path, "cannot read image header") from None
 
 
+def read_raw_mask(path: str | Path) -> np.ndarray:
+    """The values a mask file stores, before any label map: ``uint8 (H, W)`` for 8-bit
+    single-channel and palette masks (palette indices) and for RGB masks whose channels are
+    all equal; ``int64 (H, W)`` for 16-bit masks; ``uint8 (H, W, 3)`` for colour masks."""
+    path = Path(path)
+    with _open(path) as img:
+        mode = img.mode
+        if mode in ("L", "P", "1"):
+            return np.asarray(img, dtype=np.uint8).copy()
+        if mode in ("LA", "PA", "La"):
+            return np.asarray(img.getchannel(0), dtype=np.uint8).copy()
+        if mode in _16BIT_MODES or mode == "I":
+            return np.asarray(img).astype(np.int64)
+        if mode in ("RGB", "RGBA", "RGBX", "RGBa"):
+            rgb = np.asarray(img.convert("RGB") if mode != "RGB" else img, dtype=np.uint8).copy()
+        else:
+            raise DataError(
+                path,
+                f"unsupported mask mode {mode}; save masks as 8-bit single-channel or palette PNG",
+            )
+    gray = rgb[..., 0]
+    if np.array_equal(gray, rgb[..., 1]) and np.array_equal(gray, rgb[..., 2]):
+        return gray.copy()
+    return rgb
+
+
 def read_mask(
     path: str | Path,
     classes: ClassInfo | None = None,
@@ -236,53 +262,46 @@ def read_mask(
       the indices decoded from colours; then, if ``classes`` is given, every value must be a class
       index or the ignore index.
 
-    Masks are never resampled or converted through a lossy path.
+    Masks are never resampled or converted through a lossy path. :func:`read_raw_mask` +
+    :func:`decode_mask` is the same in two steps (to look at the stored values too).
     """
     path = Path(path)
+    return decode_mask(read_raw_mask(path), path, classes, label_map, colors)
+
+
+def decode_mask(
+    raw: np.ndarray,
+    path: str | Path,
+    classes: ClassInfo | None = None,
+    label_map: Mapping[int, int] | None = None,
+    colors: bool = True,
+) -> np.ndarray:
+    """Class indices of the stored values ``raw`` (from :func:`read_raw_mask` of ``path``), as
+    :func:`read_mask` gives them."""
+    path = Path(path)
     lut = _label_lut(label_map)
-    with _open(path) as img:
-        mode = img.mode
-        if mode in ("L", "P"):
-            raw = np.asarray(img, dtype=np.uint8).copy()
-        elif mode in ("LA", "PA", "La"):
-            raw = np.asarray(img.getchannel(0), dtype=np.uint8).copy()
-        elif mode == "1":
-            raw = np.asarray(img, dtype=np.uint8).copy()
-        elif mode in _16BIT_MODES or mode == "I":
-            raw = np.asarray(img).astype(np.int64)
-        elif mode in ("RGB", "RGBA", "RGBX", "RGBa"):
-            rgb = np.asarray(img.convert("RGB") if mode != "RGB" else img, dtype=np.uint8).copy()
-            raw = None
-        else:
-            raise DataError(
-                path,
-                f"unsupported mask mode {mode}; save masks as 8-bit single-channel or palette PNG",
-            )
-    if raw is None:
-        gray = rgb[..., 0]
-        is_gray = bool(np.array_equal(gray, rgb[..., 1]) and np.array_equal(gray, rgb[..., 2]))
-        if is_gray:
-            mask = _apply_lut(gray, lut, path)
-            if classes is None or not colors or not _invalid_values(mask, classes):
-                return _validate(mask, classes, path)
-            decoded = _decode_colors(rgb, classes, path, strict=False)
-            if decoded is None:
-                return _validate(mask, classes, path)
-            return _validate(_apply_lut(decoded, lut, path), classes, path)
-        if not colors:
-            raise DataError(
-                path, "mask is a colour image but colour decoding is off; save it as index PNG"
-            )
-        if classes is None:
-            raise DataError(
-                path,
-                "colour-coded mask but no class colour table; add a classes.txt with "
-                "'name R G B' lines, or save masks as index/palette PNGs",
-            )
-        decoded = _decode_colors(rgb, classes, path, strict=True)
-        assert decoded is not None
-        return _validate(_apply_lut(decoded, lut, path), classes, path)
-    return _validate(_apply_lut(raw, lut, path), classes, path)
+    if raw.ndim == 2:
+        mask = _apply_lut(raw, lut, path)
+        if raw.dtype != np.uint8 or classes is None or not colors:
+            return _validate(mask, classes, path)
+        if _invalid_values(mask, classes):  # gray class colours, e.g. CamVid's Sky (128, 128, 128)
+            decoded = _decode_colors(np.repeat(raw[..., None], 3, axis=2), classes, path, False)
+            if decoded is not None:
+                return _validate(_apply_lut(decoded, lut, path), classes, path)
+        return _validate(mask, classes, path)
+    if not colors:
+        raise DataError(
+            path, "mask is a colour image but colour decoding is off; save it as index PNG"
+        )
+    if classes is None:
+        raise DataError(
+            path,
+            "colour-coded mask but no class colour table; add a classes.txt with "
+            "'name R G B' lines, or save masks as index/palette PNGs",
+        )
+    decoded = _decode_colors(raw, classes, path, strict=True)
+    assert decoded is not None
+    return _validate(_apply_lut(decoded, lut, path), classes, path)
 
 
 def _label_lut(label_map: Mapping[int, int] | None) -> dict[int, int] | None:

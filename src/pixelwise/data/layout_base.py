@@ -23,16 +23,30 @@ from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
+from pixelwise.data import cache as _cache
 from pixelwise.data.base import PairedFileDataset
 from pixelwise.data.classes import ClassInfo
-from pixelwise.data.labelmaps import merge_label_maps, parse_label_map
+from pixelwise.data.io import read_raw_mask
+from pixelwise.data.labelmaps import (
+    LabelSpec,
+    merge_label_maps,
+    parse_label_spec,
+    round_map,
+    threshold_map,
+)
+from pixelwise.data.maskvalues import lossy_values, value_histogram
 from pixelwise.errors import ConfigError, DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp")
-MASK_SUFFIXES = (".png", ".gif", ".tif", ".tiff", ".bmp")
+#: in order of preference: when several mask files share a name, the first suffix wins
+MASK_SUFFIXES = (".png", ".gif", ".tif", ".tiff", ".bmp", ".webp", ".jpg", ".jpeg")
+JPEG_SUFFIXES = (".jpg", ".jpeg")
+ALL = "all"  # the split holding every pair of a dataset
 
 __all__ = [
+    "ALL",
     "IMAGE_SUFFIXES",
+    "JPEG_SUFFIXES",
     "MASK_SUFFIXES",
     "Layout",
     "LayoutDataset",
@@ -44,7 +58,9 @@ __all__ = [
     "paths_of",
     "pool_split",
     "report",
+    "resolve_label_spec",
     "seeded_split",
+    "stored_values",
 ]
 
 
@@ -58,10 +74,12 @@ class Pair(NamedTuple):
 
 
 class Problem(NamedTuple):
-    """A problem with one file (or folder); ``str()`` gives ``"path: problem"``."""
+    """A problem with one file (or folder); ``str()`` gives ``"path: problem"``. ``kind``
+    names problems a program may want to single out (``"lossy-masks"``); "" for the rest."""
 
     path: str
     problem: str
+    kind: str = ""
 
     def __str__(self) -> str:
         return f"{self.path}: {self.problem}"
@@ -91,10 +109,13 @@ def index_files(
     key: Callable[[Path], str | None] = lambda p: p.stem,
     problems: Problems = None,
     recursive: bool = False,
+    prefer: bool = False,
 ) -> dict[str, Path]:
     """Map ``key(file)`` -> file for the files of ``folder`` with one of ``suffixes``
     (case-insensitive; hidden files and keys of ``None`` skipped). Two files with one key:
-    strict -> DataError naming them; lenient -> a problem per extra file, the first is kept."""
+    with ``prefer``, the one whose suffix comes first in ``suffixes`` is taken (``a.png`` over
+    ``a.jpg``); otherwise strict -> DataError naming them; lenient -> a problem per extra
+    file, the first is kept."""
     found: dict[str, list[Path]] = {}
     files = folder.rglob("*") if recursive else folder.iterdir()
     for p in sorted(files):
@@ -103,6 +124,11 @@ def index_files(
         k = key(p)
         if k is not None:
             found.setdefault(k, []).append(p)
+    if prefer:
+        for k, ps in found.items():
+            rank = [suffixes.index(p.suffix.lower()) for p in ps]
+            best = [p for p, r in zip(ps, rank, strict=True) if r == min(rank)]
+            found[k] = best
     dups = {k: ps for k, ps in found.items() if len(ps) > 1}
     if dups and problems is None:
         stem, ps = next(iter(sorted(dups.items())))
@@ -178,17 +204,28 @@ def need_dir(path: Path) -> None:
 
 class Layout:
     """Base class: subclasses set ``name``, ``expected`` (one phrase: what the folder must
-    hold), ``options`` (extra data args and their types) and implement :meth:`detect`,
-    :meth:`splits` and :meth:`find`; built-in classes and label maps via :meth:`declared_classes`
-    and :meth:`base_label_map`.
+    hold), ``options`` (extra data args and their types) and implement :meth:`detect` and
+    either :meth:`fixed_splits` + :meth:`find_fixed` (splits stored as such; a missing "val"
+    is then carved out of "train") or :meth:`splits` + :meth:`find` themselves; built-in
+    classes and label maps via :meth:`declared_classes` and :meth:`base_label_map`.
 
-    ``val_fraction`` and ``seed`` are used by layouts whose train/val split is a seeded random
-    split of one pool of samples; layouts with fixed splits ignore them.
+    ``val_fraction`` and ``seed`` are used where a train/val split is a seeded random split of
+    one pool of samples (a folder without val/, a flat folder, ISBI, DRIVE); the seed is the
+    layout's (default 0), not the training seed, so every run holds out the same images. Every
+    layout also has the split "all": every pair of every split, once (:meth:`pairs`).
+
+    After a split is listed, ``split_note`` tells how its validation set was carved (None when
+    it was not); after :meth:`labels`, ``classes_inferred`` says whether the classes were
+    inferred from the mask values, and ``label_pixels`` (int64 (256,), pixels per label over
+    every mask) holds what they were inferred from.
     """
 
     name: ClassVar[str] = ""
     expected: ClassVar[str] = ""
     options: ClassVar[dict[str, type]] = {}
+    #: how the note on a carved validation set starts, and what it was carved from
+    val_missing: ClassVar[str] = "no val split"
+    pool_source: ClassVar[str] = "train/"
 
     def __init__(
         self, root: str | Path, val_fraction: float = 0.1, seed: int = 0, **options: Any
@@ -204,7 +241,7 @@ class Layout:
                 takes = ", ".join(sorted(self.options)) or "none"
                 raise ConfigError(
                     f"--data-arg {key}: not an option of the {self.name} layout "
-                    f"(its options: {takes}; all layouts take limit)"
+                    f"(its options: {takes}; all layouts take limit and mask_threshold)"
                 )
             typ = self.options[key]
             if isinstance(value, bool) or not isinstance(value, typ):
@@ -215,6 +252,9 @@ class Layout:
         self.val_fraction = float(val_fraction)
         self.seed = int(seed)
         self.opts = dict(options)
+        self.split_note: str | None = None
+        self.classes_inferred = False
+        self.label_pixels: np.ndarray | None = None
         self.root = self.locate(root)
 
     @classmethod
@@ -229,19 +269,60 @@ class Layout:
             raise DataError(root, f"not a {self.name} dataset: expected {self.expected}")
         return root
 
-    def splits(self) -> list[str]:
-        """Names of the splits that exist."""
+    def fixed_splits(self) -> list[str]:
+        """The splits stored as such (folders, split lists)."""
         raise NotImplementedError
+
+    def find_fixed(self, split: str, problems: Problems = None) -> list[Pair]:
+        """The pairs of one of :meth:`fixed_splits`."""
+        raise NotImplementedError
+
+    def carves_val(self) -> bool:
+        """Is "val" carved out of "train" (a "train" split stored, but no "val")? False for
+        layouts that list their splits themselves."""
+        try:
+            fixed = self.fixed_splits()
+        except NotImplementedError:
+            return False
+        return "train" in fixed and "val" not in fixed
+
+    def splits(self) -> list[str]:
+        """Names of the splits that exist ("all" aside)."""
+        fixed = self.fixed_splits()
+        if not self.carves_val():
+            return fixed
+        i = fixed.index("train") + 1
+        return [*fixed[:i], "val", *fixed[i:]]
 
     def find(self, split: str, problems: Problems = None) -> list[Pair]:
         """The pairs of ``split`` (strict or lenient, see the module docstring)."""
-        raise NotImplementedError
+        if split in ("train", "val") and self.carves_val():
+            pool = self.find_fixed("train", problems)
+            if len(pool) >= 2:
+                return pool_split(pool, split, self)
+            if split == "train" or problems is not None:
+                return pool if split == "train" else []
+            raise DataError(
+                self.root,
+                f"{self.val_missing}, and {self.pool_source or 'the folder'} has "
+                f"{len(pool)} image(s): nothing to hold out for validation; add a val split "
+                "or more images",
+            )
+        if split not in self.fixed_splits():
+            raise self.unknown_split(split)
+        return self.find_fixed(split, problems)
+
+    def pairs(self, split: str, problems: Problems = None) -> list[Pair]:
+        """:meth:`find`, and "all": every pair of every split (:meth:`all_pairs`)."""
+        if split == ALL:
+            return self.all_pairs(problems)
+        return self.find(split, problems)
 
     def unknown_split(self, split: str) -> DataError:
         return DataError(
             self.root,
             f"no '{split}' split in this {self.name} dataset (it has: "
-            f"{', '.join(self.splits()) or 'none'})",
+            f"{', '.join([*self.splits(), ALL]) or 'none'})",
         )
 
     def declared_classes(self) -> ClassInfo | None:
@@ -272,19 +353,43 @@ class Layout:
         return []
 
     def all_pairs(self, problems: Problems = None) -> list[Pair]:
-        """Every pair of every split, each once."""
+        """Every pair of every split, each once, in file order (folders, then natural name
+        order); names that repeat across splits get their folder as a prefix."""
         seen: dict[tuple[Path, Path], Pair] = {}
-        for split in self.splits():
-            for p in self.find(split, problems):
+        carving = self.carves_val()  # then the stored splits hold every pair
+        find = self.find_fixed if carving else self.find
+        for split in self.fixed_splits() if carving else self.splits():
+            for p in find(split, problems):
                 seen.setdefault((p.image, p.mask), p)
-        return list(seen.values())
+        pairs = sorted(seen.values(), key=lambda p: natural_key(self._relative(p.image)))
+        counts: dict[str, int] = {}
+        for p in pairs:
+            counts[p.name] = counts.get(p.name, 0) + 1
+        return [
+            p._replace(name=str(Path(self._relative(p.image)).with_suffix("")))
+            if counts[p.name] > 1
+            else p
+            for p in pairs
+        ]
+
+    def _relative(self, path: Path) -> str:
+        try:
+            return path.relative_to(self.root).as_posix()
+        except ValueError:
+            return path.as_posix()
+
+
+def _carve_note(layout: Layout, kept: int, total: int, how: str) -> str:
+    source = f"{layout.pool_source} " if layout.pool_source else ""
+    return f"{layout.val_missing}: {kept} of {total} {source}images held out for validation ({how})"
 
 
 def pool_split(
     pool: list[Pair], split: str, layout: Layout, extra: Mapping[str, list[Pair]] | None = None
 ) -> list[Pair]:
     """ "train"/"val" as a seeded split of ``pool`` (or K-fold when the layout has ``folds``),
-    "trainval" = the whole pool; ``extra`` holds other fixed splits (e.g. DRIVE's "test")."""
+    "trainval" = the whole pool; ``extra`` holds other fixed splits (e.g. DRIVE's "test").
+    Sets ``layout.split_note`` for "train" and "val"."""
     if extra and split in extra:
         return extra[split]
     if split == "trainval":
@@ -302,23 +407,132 @@ def pool_split(
             raise ConfigError(f"--data-arg fold={fold}: must be in 0..{folds - 1}")
         val = set(range(fold, len(pool), folds))
         idx = sorted(val) if split == "val" else [i for i in range(len(pool)) if i not in val]
+        how = f"fold {fold} of {folds}: --data-arg folds={folds} --data-arg fold={fold}"
+        layout.split_note = _carve_note(layout, len(val), len(pool), how)
         return [pool[i] for i in idx]
     if "fold" in layout.opts:
         raise ConfigError("--data-arg fold: give folds=K too (K-fold cross-validation)")
     if len(pool) < 2:
         raise DataError(layout.root, f"only {len(pool)} sample(s); need at least 2 to split")
     train_idx, val_idx = seeded_split(len(pool), layout.val_fraction, layout.seed)
+    seeded = "seeded" if layout.seed == 0 else f"seed {layout.seed}"
+    how = f"--val-fraction {layout.val_fraction:g}, {seeded}"
+    layout.split_note = _carve_note(layout, len(val_idx), len(pool), how)
     return [pool[i] for i in (train_idx if split == "train" else val_idx)]
+
+
+# ---- label maps that need the data: thresholds and rounding -----------------------------------
+
+
+def stored_values(layout: Layout, pairs: Iterable[Pair] | None = None) -> np.ndarray:
+    """Pixels per stored 8-bit value, int64 (256,), over the masks of ``pairs`` (default every
+    pair of the dataset), before any label map. Colour, 16-bit and unreadable masks are left
+    out. Cached per dataset (keyed by the masks' paths, sizes and mtimes)."""
+    masks = sorted({p.mask for p in (layout.all_pairs() if pairs is None else pairs)})
+    try:
+        key = _cache.cache_key("values", _cache.file_signature(masks))
+    except OSError:
+        key = None
+    entry = _cache.load("values", key) if key else None
+    if entry is not None and len(entry.get("hist", ())) == 256:
+        return np.asarray(entry["hist"], dtype=np.int64)
+    hist = np.zeros(256, dtype=np.int64)
+    for m in masks:
+        try:
+            h = value_histogram(read_raw_mask(m))
+        except DataError:
+            continue
+        if h is not None:
+            hist += h
+    if key:
+        _cache.save("values", key, {"hist": hist.tolist()})
+    return hist
+
+
+def resolve_label_spec(
+    spec: LabelSpec,
+    layout: Layout | None = None,
+    hist: np.ndarray | None = None,
+    pairs: Iterable[Pair] | None = None,
+) -> tuple[dict[int, int] | None, list[str]]:
+    """The label map a :class:`LabelSpec` means for this dataset, and a note on what a rule
+    does. ``round`` without class values takes them from the masks (``hist``, else
+    :func:`stored_values` of ``layout``'s ``pairs``, default all); explicit entries override
+    the rule's."""
+    entries = dict(spec.entries) if spec.entries else None
+    if spec.threshold is not None:
+        t = spec.threshold
+        note = (
+            f"--mask-threshold {t}: stored mask values {t}..255 read as class 1, "
+            f"0..{t - 1} as class 0"
+        )
+        return {**threshold_map(t), **(entries or {})}, [note]
+    if not spec.round:
+        return entries, []
+    if entries:
+        mapping = round_map(entries, entries)
+        values = sorted(entries)
+    else:
+        if hist is None:
+            if layout is None:
+                raise ConfigError("--label-map round: needs the dataset's masks")
+            hist = stored_values(layout, pairs)
+        values = _class_values(hist)
+        mapping = round_map(values)
+    labels = sorted({mapping[v] for v in values})
+    note = (
+        f"--label-map round: stored mask values rounded to the nearest of "
+        f"{', '.join(map(str, values))} (read as labels {', '.join(map(str, labels))})"
+    )
+    return mapping, [note]
+
+
+def _class_values(hist: np.ndarray) -> list[int]:
+    lossy = lossy_values(hist)
+    if lossy is not None:
+        return list(lossy.class_values)
+    present = np.flatnonzero(hist).tolist()
+    if not present:
+        raise ConfigError("--label-map round: no 8-bit single-channel masks to read values from")
+    if len(present) > 64:
+        raise ConfigError(
+            f"--label-map round: the masks hold {len(present)} distinct values and no few "
+            "dominant ones; name the class values, e.g. --label-map round,0:0,255:1"
+        )
+    return present
+
+
+def jpeg_mask_note(pairs: list[Pair], root: Path) -> str | None:
+    """A note when masks are JPEG files (lossy: values change near edges), or None."""
+    jpeg = [p.mask for p in pairs if p.mask.suffix.lower() in JPEG_SUFFIXES]
+    if not jpeg:
+        return None
+    try:
+        first = jpeg[0].relative_to(root).as_posix()
+    except ValueError:
+        first = str(jpeg[0])
+    return (
+        f"{len(jpeg)} of {len(pairs)} masks are JPEG files (e.g. {first}), read as they are: "
+        f"JPEG changes mask values near edges; run 'pixelwise data check {root}' to see "
+        "whether they need --mask-threshold or --label-map round"
+    )
 
 
 class LayoutDataset(PairedFileDataset):
     """The samples of one split of a dataset in any layout.
 
-    ``classes`` overrides the layout's (e.g. val takes train's); ``label_map`` (text or
-    mapping, see :func:`parse_label_map`) is applied to the stored values, replacing the
-    layout's own mapping for the values it names; ``limit`` keeps the first N samples of the
-    split (quick experiments). Attributes besides :class:`PairedFileDataset`'s: ``layout``
-    (its name), ``root``, ``split``, ``notes`` (choices worth telling the user), ``label_map``.
+    ``classes`` overrides the layout's (e.g. val takes train's); ``label_map`` (text, mapping
+    or :class:`LabelSpec`, see :func:`parse_label_spec`) is applied to the stored values,
+    replacing the layout's own mapping for the values it names; ``mask_threshold`` reads
+    stored values ``>= T`` as class 1, the rest as 0; ``limit`` keeps the first N samples of
+    the split (quick experiments); ``split`` may be "all" (every pair).
+
+    Attributes besides :class:`PairedFileDataset`'s: ``layout`` (its name), ``root``,
+    ``split``, ``notes`` (choices worth telling the user: a carved validation set, a label
+    rule, 0/255 read as binary, JPEG masks), ``label_map`` (the effective map),
+    ``classes_inferred`` (the classes come from the mask values, not from a list) and
+    ``label_pixels`` (pixels per label over every mask when inferred, else None); see
+    :func:`pixelwise.data.check_class_count`.
     """
 
     def __init__(
@@ -327,18 +541,24 @@ class LayoutDataset(PairedFileDataset):
         split: str,
         channels: int | None = None,
         classes: ClassInfo | None = None,
-        label_map: str | Mapping[Any, Any] | None = None,
+        label_map: str | Mapping[Any, Any] | LabelSpec | None = None,
         cache: bool = False,
         limit: int | None = None,
+        mask_threshold: int | None = None,
     ) -> None:
-        pairs = layout.find(split)
+        spec = parse_label_spec(label_map, mask_threshold)
+        pairs = layout.pairs(split)
         if limit is not None:
             if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
                 raise ConfigError(f"--data-arg limit={limit!r}: must be a positive integer")
             pairs = pairs[:limit]
         if not pairs:
             raise DataError(layout.root, f"the '{split}' split has no samples")
-        classes, effective, notes = layout.labels(classes, parse_label_map(label_map))
+        split_note = layout.split_note if split in ("train", "val") else None
+        user_map, rule_notes = resolve_label_spec(spec, layout)
+        given = classes
+        classes, effective, notes = layout.labels(classes, user_map)
+        jpeg = None if spec.rule else jpeg_mask_note(pairs, layout.root)
         valid = [p.valid for p in pairs]
         super().__init__(
             [(p.image, p.mask) for p in pairs],
@@ -348,11 +568,13 @@ class LayoutDataset(PairedFileDataset):
             cache=cache,
             names=[p.name for p in pairs],
             valid_masks=valid if any(v is not None for v in valid) else None,
-            notes=notes,
+            notes=[n for n in (*rule_notes, *notes, split_note, jpeg) if n],
         )
         self.layout = layout.name
         self.root = layout.root
         self.split = split
+        self.classes_inferred = given is None and layout.classes_inferred
+        self.label_pixels = layout.label_pixels if self.classes_inferred else None
 
     @classmethod
     def from_layout(cls, layout: Layout, split: str, **kwargs: Any) -> LayoutDataset:

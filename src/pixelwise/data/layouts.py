@@ -18,13 +18,16 @@ from pathlib import Path
 from typing import Any
 
 from pixelwise.data.classes import ClassInfo
+from pixelwise.data.folders import FolderDataset, Generic
 from pixelwise.data.labelmaps import (
     IGNORE,
+    LabelSpec,
     label_map_text,
     merge_label_maps,
     parse_label_map,
 )
 from pixelwise.data.layout_base import (
+    ALL,
     IMAGE_SUFFIXES,
     MASK_SUFFIXES,
     Layout,
@@ -41,9 +44,11 @@ from pixelwise.data.layout_base import (
     report,
     seeded_split,
 )
+from pixelwise.data.paired import Paired, PairedFolders
 from pixelwise.errors import ConfigError, DataError
 
 __all__ = [
+    "ALL",
     "FORMATS",
     "IGNORE",
     "IMAGE_SUFFIXES",
@@ -76,7 +81,6 @@ def _registry() -> dict[str, type[Layout]]:
     from pixelwise.data.camvid import CamVid
     from pixelwise.data.cityscapes import Cityscapes
     from pixelwise.data.drive import Drive
-    from pixelwise.data.folders import Generic
     from pixelwise.data.isbi import Isbi
     from pixelwise.data.voc import Voc
 
@@ -104,11 +108,25 @@ def detect(root: str | Path) -> str:
     raise DataError(root, f"no known dataset layout. Expected one of: {expected}")
 
 
-def make_layout(root: str | Path, format: str | None = None, **options: Any) -> Layout:
-    """The :class:`Layout` of ``root``; ``format`` None or "auto" detects it."""
+def make_layout(
+    root: str | Path,
+    format: str | None = None,
+    masks: str | Path | None = None,
+    **options: Any,
+) -> Layout:
+    """The :class:`Layout` of ``root``; ``format`` None or "auto" detects it. With ``masks``,
+    ``root`` is a folder of images and ``masks`` a folder of their masks (the ``paired``
+    layout, see :mod:`pixelwise.data.paired`)."""
     fmt = "auto" if format is None else str(format).lower()
     if fmt not in FORMATS:
         raise ConfigError(f"--format {format}: unknown; choose one of {', '.join(FORMATS)}")
+    if masks is not None:
+        if fmt not in ("auto", "generic"):
+            raise ConfigError(
+                f"--masks {masks}: an images folder with a masks folder has no --format "
+                f"{format}; leave --format out"
+            )
+        return Paired(root, masks, **options)
     if fmt == "auto":
         fmt = detect(root)
     return _registry()[fmt](root, **options)
@@ -120,17 +138,21 @@ def open_layout(
     channels: int | None = None,
     format: str | None = None,
     classes: ClassInfo | None = None,
-    label_map: str | Mapping[Any, Any] | None = None,
+    label_map: str | Mapping[Any, Any] | LabelSpec | None = None,
     cache: bool = False,
     limit: int | None = None,
+    mask_threshold: int | None = None,
     **options: Any,
 ) -> LayoutDataset:
-    """Open ``split`` of the dataset folder ``root`` (layout detected unless ``format``);
-    ``options`` go to the layout (``val_fraction``, ``seed``, ``folds``, ``fold``, ...)."""
-    from pixelwise.data.folders import FolderDataset
-
+    """Open ``split`` of the dataset folder ``root`` (layout detected unless ``format``; with
+    ``masks=DIR``, ``root`` is an images folder paired with that masks folder); ``options`` go
+    to the layout (``val_fraction``, ``seed``, ``folds``, ``fold``, ``masks``, ...). ``split``
+    may be "all" (every pair)."""
     layout = make_layout(root, format, **options)
-    cls = FolderDataset if layout.name == "generic" else LayoutDataset
+    if isinstance(layout, Paired):
+        cls: type[LayoutDataset] = PairedFolders
+    else:
+        cls = FolderDataset if layout.name == "generic" else LayoutDataset
     ds = cls.from_layout(
         layout,
         split,
@@ -139,7 +161,8 @@ def open_layout(
         label_map=label_map,
         cache=cache,
         limit=limit,
+        mask_threshold=mask_threshold,
     )
-    if format in (None, "auto") and layout.name != "generic":
+    if format in (None, "auto") and layout.name not in ("generic", "paired"):
         ds.notes.insert(0, f"{root}: {layout.name} layout (detected)")
     return ds
