@@ -37,7 +37,9 @@ def image_for(mask: np.ndarray, seed: int, scale: int = 1) -> np.ndarray:
     ``scale`` times the mask's size."""
     rng = np.random.default_rng(1000 + seed)
     big = np.kron(mask >= 128, np.ones((scale, scale), dtype=bool))
-    base = np.where(big, 190, 60).astype(np.int16)[..., None] + rng.integers(-25, 26, (*big.shape, 3))
+    base = np.where(big, 190, 60).astype(np.int16)[..., None] + rng.integers(
+        -25, 26, (*big.shape, 3)
+    )
     return np.clip(base, 0, 255).astype(np.uint8)
 
 

@@ -286,10 +286,20 @@ def _mask_changes(job: _Job, pair: Pair, raw: np.ndarray, labels: np.ndarray) ->
     return out
 
 
-def _write_pair(job: _Job, group: str, pair: Pair) -> None:
-    """Read, clean and write one pair (DataError: skip it)."""
-    data = pair.image.read_bytes()
-    digest = hashlib.blake2b(data, digest_size=16).digest()
+class _Read(NamedTuple):
+    """A pair read and made consistent, ready to write."""
+
+    digest: bytes
+    raw: np.ndarray
+    labels: np.ndarray
+    resized: np.ndarray | None
+    change: str
+
+
+def _read(job: _Job, pair: Pair) -> _Read | None:
+    """Read one pair and match its sizes; None for a dropped duplicate. DataError or OSError:
+    the pair is skipped."""
+    digest = hashlib.blake2b(pair.image.read_bytes(), digest_size=16).digest()
     if job.dedupe and digest in job.digests:
         job.report.dropped.append(
             FixChange(
@@ -298,7 +308,7 @@ def _write_pair(job: _Job, group: str, pair: Pair) -> None:
                 f"{job.rel(pair.mask)}",
             )
         )
-        return
+        return None
     image = read_image(pair.image)
     raw = read_raw_mask(pair.mask)
     labels = decode_mask(raw, pair.mask, job.classes, job.label_map)
@@ -307,28 +317,43 @@ def _write_pair(job: _Job, group: str, pair: Pair) -> None:
     resized, change = None, ""
     if image.shape[:2] != labels.shape:
         resized, labels, change = _fit_sizes(job, pair, image, labels)
+    return _Read(digest, raw, labels, resized, change)
+
+
+def _write_pair(job: _Job, group: str, pair: Pair) -> None:
+    """Read, clean and write one pair; a pair that cannot be read is skipped (and reported),
+    a file that cannot be written stops it all (OSError)."""
+    try:
+        got = _read(job, pair)
+    except (DataError, OSError) as e:
+        where = job.rel(Path(e.path)) if isinstance(e, DataError) else job.rel(pair.image)
+        why = e.problem if isinstance(e, DataError) else f"cannot read ({e})"
+        job.report.skipped.append(FixChange(where, f"pair skipped: {why}"))
+        return
+    if got is None:
+        return
     folder = job.tmp / group if group else job.tmp
     name = pair.name.replace("/", "_")
-    suffix = ".png" if resized is not None else pair.image.suffix
+    suffix = ".png" if got.resized is not None else pair.image.suffix
     image_to = folder / "images" / f"{name}{suffix}"
     mask_to = folder / "masks" / f"{name}.png"
-    if resized is not None:
-        write_image(image_to, resized)
-        job.report.changes.append(FixChange(job.rel(pair.image), change, job.rel_out(image_to)))
+    if got.resized is not None:
+        write_image(image_to, got.resized)
+        job.report.changes.append(FixChange(job.rel(pair.image), got.change, job.rel_out(image_to)))
     else:
         image_to.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(pair.image, image_to)
-    write_mask(mask_to, labels, job.classes)
-    mask_changes = _mask_changes(job, pair, raw, labels)
-    if resized is None and change:
-        mask_changes.append(change)
+    write_mask(mask_to, got.labels, job.classes)
+    mask_changes = _mask_changes(job, pair, got.raw, got.labels)
+    if got.resized is None and got.change:
+        mask_changes.append(got.change)
     if pair.valid is not None:
         mask_changes.append(f"pixels outside {job.rel(pair.valid)} set to ignore")
     if mask_changes:
         job.report.changes.append(
             FixChange(job.rel(pair.mask), "; ".join(mask_changes), job.rel_out(mask_to))
         )
-    job.digests[digest] = job.rel(pair.image)
+    job.digests[got.digest] = job.rel(pair.image)
     job.report.written[group] = job.report.written.get(group, 0) + 1
 
 
@@ -402,14 +427,10 @@ def fix_dataset(
         job = _Job(src, tmp, classes, effective, values, resize, dedupe, report)
         items = [(g, p) for g, ps in groups for p in ps]
         for group, pair in progress(items) if progress else items:
-            try:
-                _write_pair(job, group, pair)
-            except (DataError, OSError) as e:
-                where = e.path if isinstance(e, DataError) else job.rel(pair.image)
-                why = e.problem if isinstance(e, DataError) else f"cannot read ({e})"
-                report.skipped.append(FixChange(_rel(where, src), f"pair skipped: {why}"))
+            _write_pair(job, group, pair)
         if not report.pairs:
-            raise DataError(src, "no pair could be written; see the problems with 'data check'")
+            first = f", e.g. {report.skipped[0]}" if report.skipped else ""
+            raise DataError(src, f"no pair could be written ({len(report.skipped)} skipped{first})")
         (tmp / "classes.txt").write_text(classes.to_text())
         write_json(tmp / REPORT_JSON, report.to_dict())
         with atomic_open(tmp / REPORT_TEXT) as f:
