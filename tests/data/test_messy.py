@@ -57,6 +57,14 @@ def test_check_names_noisy_masks_in_one_line_with_the_fix(tmp_path):
     assert "more classes" in report.format()  # the 255-class table is cut short
 
 
+def test_noisy_masks_under_a_class_list_are_one_problem_not_one_per_mask(tmp_path):
+    root = noisy_flat(tmp_path / "noisy")
+    (root / "classes.txt").write_text("background\nforeground\n")
+    report = check_dataset(root)
+    assert [p.kind for p in report.problems] == [LOSSY_MASKS]  # no "label values outside"
+    assert check_dataset(root, mask_threshold=128).ok
+
+
 def test_clean_masks_are_not_flagged(tmp_path):
     root = tmp_path / "clean"
     for i in range(6):
@@ -311,3 +319,21 @@ def test_after_the_fix_a_tiny_training_run_learns_two_classes(tmp_path):
     assert "val_iou_1" in row and "val_iou_2" not in row  # a 2-class model
     assert np.isfinite(float(row["train_loss"]))
     assert float(row["val_iou_1"]) > 0  # the foreground class is predicted, and right somewhere
+
+
+def test_a_jpeg_gray_palette_is_detected_and_rounded_to_three_classes(tmp_path):
+    from tests.data.test_maskvalues import regions
+
+    root = tmp_path / "palette"
+    for i in range(4):
+        mask = jpeg_noisy(np.roll(regions([0, 128, 255]), 7 * i, axis=0), 75)
+        save(root / "images" / f"{i}.png", np.stack([mask] * 3, axis=2))
+        save(root / "masks" / f"{i}.png", mask)
+    [problem] = check_dataset(root).problems
+    assert "a JPEG-compressed or anti-aliased mask of 3 values" in problem.problem
+    assert "near 0, 128, 255" in problem.problem and "--label-map round" in problem.problem
+    ds = open_dataset(root, "all", label_map="round")
+    assert ds.classes.num_classes == 3 and set(np.unique(ds[0].mask)) == {0, 1, 2}
+    assert check_dataset(root, label_map="round").ok
+    report = fix_dataset(root, tmp_path / "out")
+    assert report.masks == "round" and report.classes.num_classes == 3

@@ -373,7 +373,7 @@ def _labels(
     mode, spec, class_values = _mask_spec(masks, threshold, label_map, hist)
     user_map, notes = resolve_label_spec(spec, layout, hist=hist)
     classes, effective, label_notes = layout.labels(classes, user_map)
-    rule = f"{mode} ({spec.text()})" if spec.text() else mode
+    rule = mode if spec.text() in ("", mode) else f"{mode} ({spec.text()})"
     values = np.asarray(class_values, dtype=np.uint8)
     return classes, effective, values, rule, [*notes, *label_notes]
 
