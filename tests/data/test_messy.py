@@ -144,11 +144,16 @@ def test_jpeg_masks_are_found_and_read_with_a_note(tmp_path):
     assert problem.path.endswith("masks/s00.jpg")
     assert "values look like a JPEG-compressed binary mask" in problem.problem
     note = next(n for n in report.notes if "JPEG files" in n)
-    assert note.startswith("12 of 12 masks are JPEG files (e.g. masks/s00.jpg), read as they are")
+    assert note == (
+        "12 of 12 masks are JPEG files (e.g. masks/s00.jpg): JPEG changes mask values near "
+        f"edges; 'pixelwise data fix {root} --out CLEAN' writes them as PNG"
+    )
     ds = open_dataset(root, "train", mask_threshold=128)
     assert ds.classes.num_classes == 2 and len(ds) == 11
     assert not any("JPEG files" in n for n in ds.notes)  # a rule reads them: no warning
-    assert any("JPEG files" in n for n in open_dataset(root, "train").notes)
+    [note] = [n for n in open_dataset(root, "train").notes if "JPEG files" in n]
+    assert note.startswith("11 of 11 masks are JPEG files (e.g. masks/s00.jpg), read as they are")
+    assert f"run 'pixelwise data check {root}'" in note
 
 
 def test_png_mask_preferred_over_a_jpg_of_the_same_name(tmp_path):
@@ -337,3 +342,16 @@ def test_a_jpeg_gray_palette_is_detected_and_rounded_to_three_classes(tmp_path):
     assert check_dataset(root, label_map="round").ok
     report = fix_dataset(root, tmp_path / "out")
     assert report.masks == "round" and report.classes.num_classes == 3
+
+
+def test_fix_copies_other_layouts_split_by_split_each_pair_once(tmp_path):
+    from tests.data.test_layouts import make_drive, make_voc
+
+    voc = fix_dataset(make_voc(tmp_path / "voc"), tmp_path / "voc-clean")
+    assert voc.written == {"train": 6, "val": 2} and not voc.dropped  # trainval not repeated
+    assert voc.classes.num_classes == 21 and check_dataset(tmp_path / "voc-clean").ok
+    drive = fix_dataset(make_drive(tmp_path / "drive"), tmp_path / "drive-clean")
+    assert drive.written == {"train": 3, "val": 1, "test": 2}
+    assert any("pixels outside training/mask/" in c.change for c in drive.changes)
+    sample = open_dataset(tmp_path / "drive-clean", "test")[0]
+    assert 255 in np.unique(sample.mask)  # outside the field of view: ignore, written in

@@ -430,7 +430,7 @@ def _report(
         hist = np.bincount(_lut(extra), weights=hist, minlength=256).astype(np.int64)
     n = final_classes.num_classes if final_classes is not None else 0
     ignore = final_classes.ignore_index if final_classes is not None else 255
-    jpeg = None if spec.rule else jpeg_mask_note(pairs, layout.root)
+    jpeg = None if spec.rule else jpeg_mask_note(pairs, layout.root, checked=True)
     problems = list(dict.fromkeys(acc.problems))
     if not any(p.kind == LOSSY_MASKS for p in problems):
         notes = notes + _class_count_note(layout, final_classes, hist)

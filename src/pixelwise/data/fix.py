@@ -184,7 +184,8 @@ def _staging(out: Path) -> Iterator[Path]:
 
 
 def _groups(layout: Layout, problems: list[Problem]) -> list[tuple[str, list[Pair]]]:
-    """(output split, pairs) per stored split; one group "" for a flat or paired folder."""
+    """(output split, pairs) per stored split (each pair once); one group "" for a flat or
+    paired folder."""
     if getattr(layout, "kind", None) == "flat":
         return [("", layout.all_pairs(problems))]
     try:
@@ -193,7 +194,13 @@ def _groups(layout: Layout, problems: list[Problem]) -> list[tuple[str, list[Pai
     except NotImplementedError:  # pooled layouts (ISBI, DRIVE): their splits as listed
         names = [s for s in layout.splits() if s != "trainval"]
         find = layout.find
-    return [(name, find(name, problems)) for name in names]
+    groups, seen = [], set()
+    for name in names:  # a pair listed in two splits (VOC's trainval) is written once
+        pairs = [p for p in find(name, problems) if (p.image, p.mask) not in seen]
+        seen.update((p.image, p.mask) for p in pairs)
+        if pairs:
+            groups.append((name, pairs))
+    return groups
 
 
 def _mask_spec(

@@ -502,8 +502,9 @@ def _class_values(hist: np.ndarray) -> list[int]:
     return present
 
 
-def jpeg_mask_note(pairs: list[Pair], root: Path) -> str | None:
-    """A note when masks are JPEG files (lossy: values change near edges), or None."""
+def jpeg_mask_note(pairs: list[Pair], root: Path, checked: bool = False) -> str | None:
+    """A note when masks are JPEG files (lossy: values change near edges), or None.
+    ``checked``: the note of ``pixelwise data check`` itself (which looks at the values)."""
     jpeg = [p.mask for p in pairs if p.mask.suffix.lower() in JPEG_SUFFIXES]
     if not jpeg:
         return None
@@ -511,10 +512,15 @@ def jpeg_mask_note(pairs: list[Pair], root: Path) -> str | None:
         first = jpeg[0].relative_to(root).as_posix()
     except ValueError:
         first = str(jpeg[0])
+    what = f"{len(jpeg)} of {len(pairs)} masks are JPEG files (e.g. {first})"
+    if checked:
+        return (
+            f"{what}: JPEG changes mask values near edges; 'pixelwise data fix {root} --out "
+            "CLEAN' writes them as PNG"
+        )
     return (
-        f"{len(jpeg)} of {len(pairs)} masks are JPEG files (e.g. {first}), read as they are: "
-        f"JPEG changes mask values near edges; run 'pixelwise data check {root}' to see "
-        "whether they need --mask-threshold or --label-map round"
+        f"{what}, read as they are: JPEG changes mask values near edges; run 'pixelwise data "
+        f"check {root}' to see whether they need --mask-threshold or --label-map round"
     )
 
 
