@@ -136,3 +136,36 @@ def test_real_train_test_folders_open_train_and_val(name):
     assert any(n.startswith("no val/ folder:") for n in val.notes)
     sample = val[0]
     assert sample.image.shape[:2] == sample.mask.shape
+
+
+def test_other_layouts_without_val_carve_it_too(tmp_path):
+    """CamVid with train/ + test/ only; ISBI, whose only labelled split is train/."""
+    rng = np.random.default_rng(1)
+    for split, n in (("train", 10), ("test", 3)):
+        for i in range(n):
+            put(
+                tmp_path / "camvid" / split / f"{split}{i}.png",
+                rng.integers(0, 256, (6, 8, 3), np.uint8),
+            )
+            put(
+                tmp_path / "camvid" / f"{split}annot" / f"{split}{i}.png",
+                rng.integers(0, 11, (6, 8), np.uint8),
+            )
+        for i in range(n if split == "train" else 0):
+            put(tmp_path / "isbi" / "train" / "image" / f"{i}.png", np.zeros((6, 8), np.uint8))
+            put(
+                tmp_path / "isbi" / "train" / "label" / f"{i}.png",
+                np.eye(6, 8, dtype=np.uint8) * 255,
+            )
+    train = open_dataset(tmp_path / "camvid", "train", val_fraction=0.3)
+    val = open_dataset(tmp_path / "camvid", "val", val_fraction=0.3)
+    assert len(train) == 7 and len(val) == 3 and set(train.names).isdisjoint(val.names)
+    assert len(open_dataset(tmp_path / "camvid", "test")) == 3
+    assert (
+        "no val/ + valannot/ folders: 3 of 10 train/ images held out for validation "
+        "(--val-fraction 0.3, seeded)" in val.notes
+    )
+    isbi = open_dataset(tmp_path / "isbi", "val")
+    assert "no val split: 1 of 10 train/ images held out for validation" in isbi.notes[-1]
+    folds = open_dataset(tmp_path / "isbi", "val", folds=5, fold=1)
+    assert folds.notes[-1].endswith("(fold 1 of 5: --data-arg folds=5 --data-arg fold=1)")

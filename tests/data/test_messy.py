@@ -355,3 +355,16 @@ def test_fix_copies_other_layouts_split_by_split_each_pair_once(tmp_path):
     assert any("pixels outside training/mask/" in c.change for c in drive.changes)
     sample = open_dataset(tmp_path / "drive-clean", "test")[0]
     assert 255 in np.unique(sample.mask)  # outside the field of view: ignore, written in
+
+
+def test_fix_skips_unpaired_and_unreadable_files_and_says_so(tmp_path):
+    root = noisy_flat(tmp_path / "d", n=4)
+    save(root / "images" / "lonely.png", np.zeros((32, 32, 3), np.uint8))
+    (root / "images" / "broken.png").write_bytes(b"not a png")
+    save(root / "masks" / "broken.png", clean_mask(0))
+    report = fix_dataset(root, tmp_path / "out")
+    assert report.pairs == 4 and report.classes.num_classes == 2
+    skipped = {c.file: c.change for c in report.skipped}
+    assert skipped["images/lonely.png"] == "image without mask (none in masks/)"
+    assert skipped["images/broken.png"].startswith("pair skipped: cannot identify image file")
+    assert check_dataset(tmp_path / "out").ok

@@ -216,10 +216,12 @@ def _mask_spec(
     if masks == "keep":
         return masks, user, present
     if masks == "binarize":
-        ends = lossy.class_values if lossy is not None else (present[0], present[-1])
-        if len(present) < 2:
-            ends = (0, 255)
-        t = threshold if threshold is not None else (ends[0] + ends[-1] + 1) // 2
+        if lossy is not None:
+            ends = lossy.class_values
+        else:
+            ends = (present[0], present[-1]) if len(present) >= 2 else (0, 255)
+        t = threshold if threshold is not None else user.threshold
+        t = t if t is not None else (ends[0] + ends[-1] + 1) // 2
         spec = parse_label_spec(LabelSpec(user.entries, None, False), t)
         return masks, spec, (ends[0], ends[-1])
     spec = LabelSpec(user.entries, None, True)
@@ -379,7 +381,13 @@ def _labels(
     hist = stored_values(layout, pairs)
     mode, spec, class_values = _mask_spec(masks, threshold, label_map, hist)
     user_map, notes = resolve_label_spec(spec, layout, hist=hist)
-    classes, effective, label_notes = layout.labels(classes, user_map)
+    seen = np.zeros(256, dtype=bool)  # labels present, from the readable masks only
+    for p in pairs:
+        try:
+            seen[np.unique(decode_mask(read_raw_mask(p.mask), p.mask, None, user_map))] = True
+        except (DataError, ConfigError):  # unreadable or colour masks: skipped or decoded later
+            continue
+    classes, effective, label_notes = layout.labels(classes, user_map, seen=seen)
     rule = mode if spec.text() in ("", mode) else f"{mode} ({spec.text()})"
     values = np.asarray(class_values, dtype=np.uint8)
     return classes, effective, values, rule, [*notes, *label_notes]
