@@ -221,7 +221,7 @@ def test_fix_writes_a_clean_two_class_copy_and_a_report(tmp_path):
     out = tmp_path / "clean"
     report = fix_dataset(root, out, resize="images")
     assert snapshot(root) == before  # DIR is never touched
-    assert report.masks == "binarize (threshold:128)" and report.classes.num_classes == 2
+    assert report.mask_values == "binarize (threshold:128)" and report.classes.num_classes == 2
     assert report.pairs == 10 and report.written == {"": 10}
     changes = {c.file: c for c in report.changes}
     assert changes["masks/s03.jpg"].to == "masks/s03.png"
@@ -341,7 +341,7 @@ def test_a_jpeg_gray_palette_is_detected_and_rounded_to_three_classes(tmp_path):
     assert ds.classes.num_classes == 3 and set(np.unique(ds[0].mask)) == {0, 1, 2}
     assert check_dataset(root, label_map="round").ok
     report = fix_dataset(root, tmp_path / "out")
-    assert report.masks == "round" and report.classes.num_classes == 3
+    assert report.mask_values == "round" and report.classes.num_classes == 3
 
 
 def test_fix_copies_other_layouts_split_by_split_each_pair_once(tmp_path):
@@ -368,3 +368,20 @@ def test_fix_skips_unpaired_and_unreadable_files_and_says_so(tmp_path):
     assert skipped["images/lonely.png"] == "image without mask (none in masks/)"
     assert skipped["images/broken.png"].startswith("pair skipped: cannot identify image file")
     assert check_dataset(tmp_path / "out").ok
+
+
+def test_fix_an_images_folder_with_a_masks_folder(tmp_path):
+    noisy_flat(tmp_path / "d", n=3)
+    report = fix_dataset(
+        tmp_path / "d" / "images", tmp_path / "out", masks=tmp_path / "d" / "masks"
+    )
+    assert report.layout == "paired" and report.pairs == 3
+    assert report.mask_values == "binarize (threshold:128)"
+    with pytest.raises(ConfigError, match="inside the dataset folder"):
+        fix_dataset(
+            tmp_path / "d" / "images",
+            tmp_path / "d" / "masks" / "o",
+            masks=tmp_path / "d" / "masks",
+        )
+    with pytest.raises(ConfigError, match="--mask-values 'x': choose one of auto, binarize"):
+        fix_dataset(tmp_path / "d", tmp_path / "o2", mask_values="x")

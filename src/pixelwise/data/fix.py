@@ -6,8 +6,8 @@ else one ``SPLIT/images/`` + ``SPLIT/masks/`` per stored split) that ``pixelwise
 without options:
 
 - masks become palette PNGs of class indices, named after their image: binarised
-  (``masks="binarize"``: stored values at or above a threshold -> 1, the rest 0), rounded to
-  the nearest class value (``"round"``), or read as they are (``"keep"``); ``"auto"``
+  (``mask_values="binarize"``: stored values at or above a threshold -> 1, the rest 0),
+  rounded to the nearest class value (``"round"``), or read as they are (``"keep"``); ``"auto"``
   (default) binarises or rounds when the values look lossy (:mod:`pixelwise.data.maskvalues`)
   and keeps them otherwise. The layout's own label map (e.g. CamVid's void -> ignore) and
   region masks (DRIVE's field of view -> ignore) are applied;
@@ -58,9 +58,9 @@ from pixelwise.data.maskvalues import lossy_values
 from pixelwise.errors import ConfigError, DataError
 from pixelwise.files import atomic_open, write_json
 
-__all__ = ["MASK_MODES", "RESIZE_MODES", "FixChange", "FixReport", "fix_dataset"]
+__all__ = ["MASK_VALUES", "RESIZE_MODES", "FixChange", "FixReport", "fix_dataset"]
 
-MASK_MODES = ("auto", "binarize", "round", "keep")
+MASK_VALUES = ("auto", "binarize", "round", "keep")
 RESIZE_MODES = (None, "images", "masks")
 REPORT_JSON = "fix_report.json"
 REPORT_TEXT = "fix_report.txt"
@@ -85,14 +85,14 @@ class FixChange(NamedTuple):
 class FixReport:
     """What :func:`fix_dataset` did: ``written`` pairs per output split ("" for a flat copy),
     ``changes`` (files written differently from their source), ``dropped`` (duplicates),
-    ``skipped`` (pairs that could not be written as they are), ``masks`` (how mask values were
+    ``skipped`` (pairs that could not be written as they are), ``mask_values`` (how mask values were
     read: "binarize", "round" or "keep", with the label map as ``--label-map`` text) and the
     ``classes`` written."""
 
     src: str
     out: str
     layout: str
-    masks: str
+    mask_values: str
     classes: ClassInfo
     written: dict[str, int] = field(default_factory=dict)
     changes: list[FixChange] = field(default_factory=list)
@@ -112,7 +112,7 @@ class FixReport:
             "src": self.src,
             "out": self.out,
             "layout": self.layout,
-            "masks": self.masks,
+            "mask_values": self.mask_values,
             "classes": self.classes.to_dict(),
             "written": dict(self.written),
             "pairs": self.pairs,
@@ -135,7 +135,7 @@ class FixReport:
         """The readable report (``fix_report.txt``)."""
         lines = [
             f"pixelwise data fix: {self.src} ({self.layout} layout) -> {self.out}",
-            f"masks    {self.masks}",
+            f"masks    {self.mask_values}",
             f"classes  {self.classes.num_classes}: {', '.join(self.classes.names)}",
             self.summary(),
         ]
@@ -204,18 +204,18 @@ def _groups(layout: Layout, problems: list[Problem]) -> list[tuple[str, list[Pai
 
 
 def _mask_spec(
-    masks: str, threshold: int | None, label_map: Any, hist: np.ndarray
+    mode: str, threshold: int | None, label_map: Any, hist: np.ndarray
 ) -> tuple[str, LabelSpec, tuple[int, ...]]:
-    """The ``masks`` mode ("auto" decided), the label spec it means for these stored values,
+    """The ``mask_values`` mode ("auto" decided), the label spec it means for these stored values,
     and the class values (stored values that are no change when met)."""
     user = parse_label_spec(label_map)
     lossy = lossy_values(hist)
     present = tuple(int(v) for v in np.flatnonzero(hist))
-    if masks == "auto":
-        masks = "keep" if lossy is None else ("binarize" if lossy.kind == "binary" else "round")
-    if masks == "keep":
-        return masks, user, present
-    if masks == "binarize":
+    if mode == "auto":
+        mode = "keep" if lossy is None else ("binarize" if lossy.kind == "binary" else "round")
+    if mode == "keep":
+        return mode, user, present
+    if mode == "binarize":
         if lossy is not None:
             ends = lossy.class_values
         else:
@@ -223,11 +223,11 @@ def _mask_spec(
         t = threshold if threshold is not None else user.threshold
         t = t if t is not None else (ends[0] + ends[-1] + 1) // 2
         spec = parse_label_spec(LabelSpec(user.entries, None, False), t)
-        return masks, spec, (ends[0], ends[-1])
+        return mode, spec, (ends[0], ends[-1])
     spec = LabelSpec(user.entries, None, True)
     if user.entries:
-        return masks, spec, tuple(sorted(user.entries))
-    return masks, spec, lossy.class_values if lossy is not None else present
+        return mode, spec, tuple(sorted(user.entries))
+    return mode, spec, lossy.class_values if lossy is not None else present
 
 
 # ---- one pair ------------------------------------------------------------------------------------
@@ -372,14 +372,14 @@ def _write_pair(job: _Job, group: str, pair: Pair) -> None:
 def _labels(
     layout: Layout,
     pairs: list[Pair],
-    masks: str,
+    mode: str,
     threshold: int | None,
     label_map: Any,
     classes: ClassInfo | None,
 ) -> tuple[ClassInfo, dict[int, int] | None, np.ndarray, str, list[str]]:
     """Classes, effective label map, class values, the rule as text, and notes."""
     hist = stored_values(layout, pairs)
-    mode, spec, class_values = _mask_spec(masks, threshold, label_map, hist)
+    mode, spec, class_values = _mask_spec(mode, threshold, label_map, hist)
     user_map, notes = resolve_label_spec(spec, layout, hist=hist)
     seen = np.zeros(256, dtype=bool)  # labels present, from the readable masks only
     for p in pairs:
@@ -397,7 +397,7 @@ def fix_dataset(
     src: str | Path,
     out: str | Path,
     *,
-    masks: str = "auto",
+    mask_values: str = "auto",
     threshold: int | None = None,
     resize: str | None = None,
     dedupe: bool = True,
@@ -410,21 +410,23 @@ def fix_dataset(
     """Write a cleaned generic-layout copy of the dataset ``src`` to ``out`` and return the
     report (also written there); see the module docstring.
 
-    ``masks``: "auto", "binarize" (at ``threshold``, default halfway between the two class
-    values, 128 for 0/255), "round" or "keep"; ``resize``: None, "images" or "masks";
+    ``mask_values``: "auto", "binarize" (at ``threshold``, default halfway between the two
+    class values, 128 for 0/255), "round" or "keep"; ``resize``: None, "images" or "masks";
     ``format``, ``label_map``, ``classes`` and ``options`` (``masks=DIR`` for an images folder
     with a masks folder, ``val_fraction``, ...) as for :func:`pixelwise.data.open_dataset`.
     ``progress`` wraps the iterable of pairs. Never prints; ``src`` is only read.
     """
-    if masks not in MASK_MODES:
-        raise ConfigError(f"--masks {masks!r}: choose one of {', '.join(MASK_MODES)}")
+    if mask_values not in MASK_VALUES:
+        raise ConfigError(f"--mask-values {mask_values!r}: choose one of {', '.join(MASK_VALUES)}")
     if resize not in RESIZE_MODES:
         raise ConfigError(f"--resize {resize!r}: choose images or masks (or leave it out)")
-    if threshold is not None and masks not in ("binarize", "auto"):
-        raise ConfigError(f"--mask-threshold {threshold}: goes with masks='binarize'")
+    if threshold is not None and mask_values not in ("binarize", "auto"):
+        raise ConfigError(
+            f"--mask-threshold {threshold}: goes with --mask-values binarize, not {mask_values}"
+        )
     src, out = Path(src), Path(out)
     if threshold is not None:
-        masks = "binarize"
+        mask_values = "binarize"
     layout = make_layout(src, format, **options)
     for place in {src, layout.root, *([Path(options["masks"])] if options.get("masks") else [])}:
         _check_places(place, out)
@@ -434,7 +436,7 @@ def fix_dataset(
     if not pairs:
         raise DataError(src, "no (image, mask) pairs to write")
     classes, effective, values, rule, notes = _labels(
-        layout, pairs, masks, threshold, label_map, classes
+        layout, pairs, mask_values, threshold, label_map, classes
     )
     report = FixReport(str(src), str(out), layout.name, rule, classes, notes=notes)
     report.skipped += [FixChange(_rel(p.path, src), p.problem) for p in problems]
