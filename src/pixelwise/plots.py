@@ -1,4 +1,4 @@
-"""Pictures: overlays, training curves, confusion matrices, example grids.
+"""Pictures: overlays, training curves, confusion matrices, example grids, weight maps.
 
 One palette per dataset (its ``ClassInfo.colors``) is used everywhere, so a class has the same
 colour in an overlay, a legend and a mask PNG. Figures are written atomically with matplotlib's
@@ -8,7 +8,8 @@ non-interactive Agg backend (no display needed).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -20,6 +21,7 @@ from matplotlib import patheffects  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
 from pixelwise.data.classes import ClassInfo  # noqa: E402
+from pixelwise.errors import ConfigError  # noqa: E402
 from pixelwise.files import atomic_path  # noqa: E402
 
 __all__ = [
@@ -30,6 +32,7 @@ __all__ = [
     "plot_curves",
     "plot_examples",
     "plot_weight_map",
+    "write_weight_maps",
 ]
 
 IGNORE_COLOR = (224, 224, 192)
@@ -251,3 +254,40 @@ def plot_weight_map(
     if title:
         fig.suptitle(title)
     return _save(fig, path)
+
+
+def write_weight_maps(
+    dataset,
+    out: str | Path,
+    w0: float = 10.0,
+    sigma: float = 5.0,
+    limit: int | None = None,
+    progress: Callable[[Iterable], Iterator] | None = None,
+) -> list[Path]:
+    """Render the weight map of the first ``limit`` (default all) items of ``dataset`` as PNG
+    heatmaps (image | labels | weights), one file ``OUT/<name>_weights.png`` per image
+    (the maps are :class:`~pixelwise.data.weights.BorderWeights`)."""
+    from pixelwise.data.weights import BorderWeights  # scipy: imported only when drawing maps
+
+    if limit is not None and (isinstance(limit, bool) or limit < 1):
+        raise ConfigError(f"--limit: must be a positive number of images, got {limit!r}")
+    maps = BorderWeights(w0, sigma, ignore_index=dataset.classes.ignore_index, cache=False)
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    written = []
+    indices = range(n)
+    for i in progress(indices) if progress else indices:
+        sample = dataset[i]
+        weights = maps(i, sample.mask)
+        name = re.sub(r"[^\w.-]+", "_", str(sample.name)) or f"{i:05d}"
+        title = f"{sample.name}: U-Net weight map, w0={w0:g}, sigma={sigma:g} px"
+        written.append(
+            plot_weight_map(
+                sample.image,
+                sample.mask,
+                weights,
+                dataset.classes,
+                Path(out) / f"{name}_weights.png",
+                title,
+            )
+        )
+    return written

@@ -128,7 +128,7 @@ def test_suffixes_case_insensitive_and_other_files_ignored(tmp_path):
     put(tmp_path / "train" / "masks" / "up.png", sample_arrays(9)[1])
     (tmp_path / "train" / "images" / "notes.txt").write_text("hi")
     (tmp_path / "train" / "images" / ".DS_Store").write_text("x")
-    assert FolderDataset(tmp_path, "train").names == ["train0", "train1", "up"]
+    assert FolderDataset(tmp_path, "all").names == ["train0", "train1", "up"]
 
 
 # ---- errors -------------------------------------------------------------------------------
@@ -152,8 +152,13 @@ def test_empty_folder_and_missing_split(tmp_path):
         FolderDataset(tmp_path, "train")
     root = tmp_path / "split"
     make_split(root, "train", 2)
-    with pytest.raises(DataError, match="no 'val' split.*found train"):
-        FolderDataset(root, "val")
+    with pytest.raises(DataError, match="no 'test' split.*found train"):
+        FolderDataset(root, "test")
+    one = tmp_path / "one"
+    make_split(one, "train", 1)
+    assert FolderDataset(one, "train").names == ["train0"]  # nothing to carve: all of train/
+    with pytest.raises(DataError, match="no val/ folder, and train/ has 1 image.*add a val"):
+        FolderDataset(one, "val")
 
 
 def test_missing_masks_listed(tmp_path):
@@ -184,14 +189,14 @@ def test_duplicate_stems(tmp_path):
 def test_size_mismatch_names_both_files(tmp_path):
     make_split(tmp_path, "train", 2)
     put(tmp_path / "train" / "masks" / "train1.png", np.zeros((5, 8), np.uint8))
-    ds = FolderDataset(tmp_path, "train", classes=ClassInfo.default(3))
+    ds = FolderDataset(tmp_path, "all", classes=ClassInfo.default(3))
     ds[0]
     with pytest.raises(DataError) as e:
         ds[1]
     msg = str(e.value)
     assert str(tmp_path / "train" / "images" / "train1.png") in msg
     assert str(tmp_path / "train" / "masks" / "train1.png") in msg
-    assert "8x6" in msg and "8x5" in msg
+    assert "8x6" in msg and "8x5" in msg and "resize" not in msg  # not one picture rescaled
 
 
 def test_label_outside_classes_names_the_mask(tmp_path):
@@ -199,7 +204,7 @@ def test_label_outside_classes_names_the_mask(tmp_path):
     m = np.zeros((6, 8), np.uint8)
     m[1, 1] = 17
     put(tmp_path / "train" / "masks" / "train1.png", m)
-    ds = FolderDataset(tmp_path, "train", classes=ClassInfo.default(11))
+    ds = FolderDataset(tmp_path, "all", classes=ClassInfo.default(11))
     with pytest.raises(DataError, match=r"masks/train1.png: label value 17 outside the 11 classes"):
         ds[1]
 

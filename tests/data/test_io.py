@@ -6,6 +6,7 @@ from PIL import Image
 
 from pixelwise.data.classes import ClassInfo
 from pixelwise.data.io import (
+    decode_image,
     image_channels,
     read_image,
     read_mask,
@@ -188,6 +189,30 @@ def test_bad_files_raise_data_error_naming_the_file(tmp_path, reader):
             reader(tmp_path / name)
         assert name in str(e.value) and problem in str(e.value)
         assert "\n" not in str(e.value)
+
+
+def test_decode_image_reads_bytes_and_files_alike(tmp_path):
+    """One decoder for files and uploads (pixelwise serve): same arrays, same errors."""
+    rotated = Image.fromarray(RGB)
+    exif = rotated.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise when shown
+    buf = io.BytesIO()
+    rotated.save(buf, format="PNG", exif=exif)
+    path = tmp_path / "a.png"
+    path.write_bytes(buf.getvalue())
+    for channels in (None, 1, 3):
+        from_bytes = decode_image(buf.getvalue(), channels)
+        np.testing.assert_array_equal(from_bytes, read_image(path, channels))
+        np.testing.assert_array_equal(from_bytes, decode_image(str(path), channels))
+    assert decode_image(buf.getvalue()).shape == (10, 12, 3)  # EXIF orientation applied
+    for name, problem in bad_files(tmp_path).items():
+        if name == "missing.png":
+            continue
+        with pytest.raises(DataError) as e:
+            decode_image((tmp_path / name).read_bytes(), 3, name="upload")
+        assert str(e.value).startswith("upload: ") and problem in str(e.value)
+    with pytest.raises(ConfigError, match="channels"):
+        decode_image(buf.getvalue(), 2)
 
 
 def test_folder_is_not_an_image(tmp_path):

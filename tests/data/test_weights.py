@@ -159,3 +159,17 @@ def test_data_weights_command_writes_one_png_per_image(digits_folder, tmp_path, 
     assert main(["-q", "data", "weights", str(digits_folder), "--limit", "0", "--out", "x"]) == 2
     err = capsys.readouterr().err.strip()
     assert "--limit" in err and len(err.splitlines()) == 1
+
+
+def test_write_weight_maps_renders_one_png_per_image(tmp_path):
+    """The rendering lives in pixelwise.plots (layer 3); data/weights.py only computes."""
+    import pixelwise.data.weights as weights_module
+    from pixelwise.plots import write_weight_maps
+
+    assert not hasattr(weights_module, "write_weight_maps")
+    ds = DigitsScenes("val", num_images=3, min_size=40, max_size=48)
+    written = write_weight_maps(ds, tmp_path / "maps", sigma=3.0, limit=2)
+    assert [p.name for p in written] == [f"{ds.names[i]}_weights.png" for i in range(2)]
+    assert all(p.is_file() for p in written)
+    with pytest.raises(ConfigError, match="--limit"):
+        write_weight_maps(ds, tmp_path / "x", limit=0)

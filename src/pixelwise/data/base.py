@@ -118,12 +118,10 @@ class PairedFileDataset(SegmentationDataset):
         mask = read_mask(mask_path, self.classes, self.label_map)
         if image.shape[:2] != mask.shape:
             (h, w), (mh, mw) = image.shape[:2], mask.shape
-            hint = ""
-            if (h, w) == (mw, mh):
-                hint = "; the sizes are transposed: check EXIF orientation"
             raise DataError(
                 image_path,
-                f"image is {w}x{h} but its mask {mask_path} is {mw}x{mh} (width x height){hint}",
+                f"image is {w}x{h} but its mask {mask_path} is {mw}x{mh} (width x height)"
+                + size_hint((w, h), (mw, mh)),
             )
         valid = self.valid_masks[i] if self.valid_masks is not None else None
         if valid is not None:
@@ -132,6 +130,33 @@ class PairedFileDataset(SegmentationDataset):
         if self.cache:
             self._cache[i] = sample
         return sample
+
+
+def same_aspect(a: tuple[int, int], b: tuple[int, int]) -> bool:
+    """Are sizes ``a`` and ``b`` (width, height) one picture at two scales: both sides differ,
+    and the aspect ratios agree up to the rounding of a resize (half a pixel at the smaller
+    size)?"""
+    (w, h), (bw, bh) = a, b
+    if w == bw or h == bh or min(w, h, bw, bh) < 1:
+        return False
+    return abs(w * bh - h * bw) <= max(w, h, bw, bh) / 2
+
+
+def size_hint(image: tuple[int, int], mask: tuple[int, int], root: str | Path = "DIR") -> str:
+    """What to say after "image is WxH but its mask is wxh": transposed sizes (EXIF), or one
+    aspect ratio (resize one to the other with ``pixelwise data fix``), else nothing."""
+    (w, h), (mw, mh) = image, mask
+    if (h, w) == (mw, mh):
+        return "; the sizes are transposed: check EXIF orientation"
+    if not same_aspect(image, mask):
+        return ""
+    factor = w / mw
+    scale = f"{factor:.3g}x its mask" if factor >= 1 else f"1/{1 / factor:.3g} of its mask"
+    return (
+        f"; same aspect ratio (the image is {scale}): resize the images to their masks with "
+        f"'pixelwise data fix {root} --out CLEAN --resize images' (or the masks with "
+        "--resize masks)"
+    )
 
 
 def apply_valid_mask(

@@ -21,7 +21,7 @@ from pixelwise.files import write_json
 
 __all__ = ["cache_dir", "cache_key", "entry_path", "file_signature", "load", "save"]
 
-VERSION = 1  # bump when a cached fact's meaning changes
+VERSION = 2  # bump when a cached fact's meaning changes (2: checks look at mask values)
 
 
 def cache_dir() -> Path:

@@ -8,6 +8,7 @@
 Masks are 8-bit class indices 0..10; index 11 ("Unlabelled", SegNet's ``ignore_label: 11``) is
 mapped to the ignore index 255. With a classes.txt of N classes the index N is the void one.
 RGB colour-coded masks decode through the class colours (black = Unlabelled = ignore).
+Without val/ + valannot/, "val" is a seeded ``val_fraction`` of train/ and "train" the rest.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pixelwise.data.classes import ClassInfo
-from pixelwise.data.layouts import (
+from pixelwise.data.layout_base import (
     IMAGE_SUFFIXES,
     MASK_SUFFIXES,
     Layout,
@@ -62,22 +63,21 @@ SPLITS = ("train", "val", "test")
 class CamVid(Layout):
     name = "camvid"
     expected = "train/ + trainannot/ (and val/ + valannot/, test/ + testannot/), SegNet's CamVid"
+    val_missing = "no val/ + valannot/ folders"
 
     @classmethod
     def detect(cls, root: Path) -> bool:
         return any((root / s).is_dir() and (root / f"{s}annot").is_dir() for s in SPLITS)
 
-    def splits(self) -> list[str]:
+    def fixed_splits(self) -> list[str]:
         return [
             s for s in SPLITS if (self.root / s).is_dir() and (self.root / f"{s}annot").is_dir()
         ]
 
-    def find(self, split: str, problems: Problems = None) -> list[Pair]:
-        if split not in self.splits():
-            raise self.unknown_split(split)
+    def find_fixed(self, split: str, problems: Problems = None) -> list[Pair]:
         images_dir, masks_dir = self.root / split, self.root / f"{split}annot"
         images = index_files(images_dir, IMAGE_SUFFIXES, problems=problems)
-        masks = index_files(masks_dir, MASK_SUFFIXES, problems=problems)
+        masks = index_files(masks_dir, MASK_SUFFIXES, problems=problems, prefer=True)
         if not images and problems is None:
             raise DataError(images_dir, "no image files")
         return [Pair(k, i, m) for k, i, m in match(images, masks, images_dir, masks_dir, problems)]

@@ -3,7 +3,8 @@
     root/leftImg8bit/{split}/{city}/{city}_{seq}_{frame}_leftImg8bit.png
     root/gtFine/{split}/{city}/{city}_{seq}_{frame}_gtFine_labelIds.png
 
-Splits: the folders under leftImg8bit/ that gtFine/ also has (train, val, test). The label ids
+Splits: the folders under leftImg8bit/ that gtFine/ also has (train, val, test); without val,
+"val" is a seeded ``val_fraction`` of train and "train" the rest. The label ids
 (0..33) are mapped to the 19 train ids of cityscapesScripts' ``labels.py``; every other id
 (unlabeled, ego vehicle, ..., license plate) and any other value becomes ignore (255). Other
 gtFine files (``_color``, ``_instanceIds``, ``_polygons.json``) are not used.
@@ -14,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pixelwise.data.classes import ClassInfo
-from pixelwise.data.layouts import Layout, Pair, Problems, index_files, match
+from pixelwise.data.layout_base import Layout, Pair, Problems, index_files, match
 from pixelwise.errors import DataError
 
 # (train id, name, colour) of the 19 evaluated classes, with their label ids
@@ -62,19 +63,20 @@ class Cityscapes(Layout):
         "*_gtFine_labelIds.png, Cityscapes"
     )
 
+    val_missing = "no leftImg8bit/val/ folder"
+    pool_source = "leftImg8bit/train/"
+
     @classmethod
     def detect(cls, root: Path) -> bool:
         return (root / "leftImg8bit").is_dir() and (root / "gtFine").is_dir()
 
-    def splits(self) -> list[str]:
+    def fixed_splits(self) -> list[str]:
         left, gt = self.root / "leftImg8bit", self.root / "gtFine"
         names = sorted(p.name for p in left.iterdir() if p.is_dir() and (gt / p.name).is_dir())
         order = {"train": 0, "val": 1, "test": 2}
         return sorted(names, key=lambda s: (order.get(s, 3), s))
 
-    def find(self, split: str, problems: Problems = None) -> list[Pair]:
-        if split not in self.splits():
-            raise self.unknown_split(split)
+    def find_fixed(self, split: str, problems: Problems = None) -> list[Pair]:
         images_dir = self.root / "leftImg8bit" / split
         masks_dir = self.root / "gtFine" / split
         images = index_files(images_dir, (".png",), _key(IMAGE_SUFFIX), problems, recursive=True)

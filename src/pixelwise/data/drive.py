@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pixelwise.data.classes import ClassInfo
-from pixelwise.data.layouts import (
+from pixelwise.data.layout_base import (
     IMAGE_SUFFIXES,
     MASK_SUFFIXES,
     Layout,
@@ -41,6 +41,7 @@ def _number(path: Path) -> str:
 class Drive(Layout):
     name = "drive"
     expected = "training/images/ + training/1st_manual/ (+ training/mask/, and test/ alike), DRIVE"
+    pool_source = "training/"
 
     @classmethod
     def detect(cls, root: Path) -> bool:
@@ -60,13 +61,13 @@ class Drive(Layout):
         base = self.root / part
         images_dir, labels_dir, fov_dir = base / "images", base / "1st_manual", base / "mask"
         images = index_files(images_dir, IMAGE_SUFFIXES, _number, problems)
-        labels = index_files(labels_dir, MASK_SUFFIXES, _number, problems)
+        labels = index_files(labels_dir, MASK_SUFFIXES, _number, problems, prefer=True)
         if not images and problems is None:
             raise DataError(images_dir, "no image files")
         found = match(images, labels, images_dir, labels_dir, problems, what="manual segmentation")
         fov: dict[str, Path] = {}
         if fov_dir.is_dir():
-            fov = index_files(fov_dir, MASK_SUFFIXES, _number, problems)
+            fov = index_files(fov_dir, MASK_SUFFIXES, _number, problems, prefer=True)
             for k, image, _ in found:
                 if k not in fov:
                     report(problems, image, f"no field-of-view mask for this image in {fov_dir}")

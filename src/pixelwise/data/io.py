@@ -12,15 +12,20 @@ Decisions:
 - 16-bit images (``I;16*``; ``I`` clipped to 0..65535) are scaled to 8 bits by ``/ 257``
   (rounded), so 65535 -> 255; float images (``F``) are clipped to [0, 1] and multiplied by 255.
 - Multi-frame files (GIF, TIFF) give their first frame.
+
+:func:`decode_image` decodes a file or the bytes of one (``pixelwise serve``'s uploads), so
+uploads and files are converted alike.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import re
 import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -45,20 +50,37 @@ def set_max_image_pixels(n: int | None) -> None:
     Image.MAX_IMAGE_PIXELS = n
 
 
+Source = str | Path | bytes | bytearray | memoryview
+
+
+def _source_path(source: Source, name: str | None) -> Path:
+    if isinstance(source, bytes | bytearray | memoryview):
+        return Path(name or "<bytes>")
+    return Path(source)
+
+
 @contextlib.contextmanager
-def _open(path: str | Path) -> Iterator[Image.Image]:
-    """Open, fully decode (first frame) and EXIF-orient ``path``; errors become DataError."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError(path, "no such file")
-    if path.is_dir():
-        raise DataError(path, "is a folder, not an image file")
-    if path.stat().st_size == 0:
-        raise DataError(path, "empty file (0 bytes); re-export or remove it")
+def _open(source: Source, name: str | None = None) -> Iterator[Image.Image]:
+    """Open, fully decode (first frame) and EXIF-orient a file or the bytes of one; errors
+    become DataError naming the file (or ``name``, for bytes)."""
+    path = _source_path(source, name)
+    if isinstance(source, bytes | bytearray | memoryview):
+        data = bytes(source)
+        if not data:
+            raise DataError(path, "empty file (0 bytes); send an image file (PNG, JPEG, ...)")
+        opener: Any = io.BytesIO(data)
+    else:
+        if not path.exists():
+            raise DataError(path, "no such file")
+        if path.is_dir():
+            raise DataError(path, "is a folder, not an image file")
+        if path.stat().st_size == 0:
+            raise DataError(path, "empty file (0 bytes); re-export or remove it")
+        opener = path
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            img = Image.open(path)
+            img = Image.open(opener)
         except UnidentifiedImageError:
             raise DataError(
                 path, "cannot identify image file: not an image, or a format Pillow cannot read"
@@ -70,6 +92,8 @@ def _open(path: str | Path) -> Iterator[Image.Image]:
     try:
         try:
             img.load()
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            raise DataError(path, _bomb_message(str(e))) from None
         except (OSError, SyntaxError, ValueError, EOFError) as e:
             raise DataError(
                 path, f"truncated or corrupt image data ({e}); re-export or replace the file"
@@ -138,16 +162,19 @@ def _rgb8(img: Image.Image, path: Path) -> np.ndarray:
         ) from None
 
 
-def read_image(path: str | Path, channels: int | None = None) -> np.ndarray:
-    """Read an image as ``uint8 (H, W, C)``.
+def decode_image(
+    source: Source, channels: int | None = None, *, name: str | None = None
+) -> np.ndarray:
+    """Decode an image file, or the bytes of one (an upload), as ``uint8 (H, W, C)``.
 
     ``channels``: ``None`` -> natural (1 for grayscale modes and gray palettes, else 3);
     ``1`` -> luminance (ITU-R 601: 0.299 R + 0.587 G + 0.114 B); ``3`` -> RGB (gray replicated).
+    Errors raise DataError naming the file, or ``name`` (default ``<bytes>``) for bytes.
     """
     if channels not in (None, 1, 3):
         raise ConfigError(f"channels must be 1, 3 or None, got {channels!r}")
-    path = Path(path)
-    with _open(path) as img:
+    with _open(source, name) as img:
+        path = _source_path(source, name)
         mode = img.mode
         gray = mode in _GRAY_MODES or (mode in ("P", "PA") and _palette_is_gray(img))
         want = channels if channels is not None else (1 if gray else 3)
@@ -158,6 +185,11 @@ def read_image(path: str | Path, channels: int | None = None) -> np.ndarray:
     if want == 3:
         return rgb
     return _luminance(rgb)[:, :, None]
+
+
+def read_image(path: str | Path, channels: int | None = None) -> np.ndarray:
+    """Read an image file as ``uint8 (H, W, C)``: :func:`decode_image` of a path."""
+    return decode_image(Path(path), channels)
 
 
 def _luminance(rgb: np.ndarray) -> np.ndarray:
@@ -185,6 +217,32 @@ def image_channels(path: str | Path) -> int:
         raise DataError(path, "cannot read image header") from None
 
 
+def read_raw_mask(path: str | Path) -> np.ndarray:
+    """The values a mask file stores, before any label map: ``uint8 (H, W)`` for 8-bit
+    single-channel and palette masks (palette indices) and for RGB masks whose channels are
+    all equal; ``int64 (H, W)`` for 16-bit masks; ``uint8 (H, W, 3)`` for colour masks."""
+    path = Path(path)
+    with _open(path) as img:
+        mode = img.mode
+        if mode in ("L", "P", "1"):
+            return np.asarray(img, dtype=np.uint8).copy()
+        if mode in ("LA", "PA", "La"):
+            return np.asarray(img.getchannel(0), dtype=np.uint8).copy()
+        if mode in _16BIT_MODES or mode == "I":
+            return np.asarray(img).astype(np.int64)
+        if mode in ("RGB", "RGBA", "RGBX", "RGBa"):
+            rgb = np.asarray(img.convert("RGB") if mode != "RGB" else img, dtype=np.uint8).copy()
+        else:
+            raise DataError(
+                path,
+                f"unsupported mask mode {mode}; save masks as 8-bit single-channel or palette PNG",
+            )
+    gray = rgb[..., 0]
+    if np.array_equal(gray, rgb[..., 1]) and np.array_equal(gray, rgb[..., 2]):
+        return gray.copy()
+    return rgb
+
+
 def read_mask(
     path: str | Path,
     classes: ClassInfo | None = None,
@@ -204,53 +262,46 @@ def read_mask(
       the indices decoded from colours; then, if ``classes`` is given, every value must be a class
       index or the ignore index.
 
-    Masks are never resampled or converted through a lossy path.
+    Masks are never resampled or converted through a lossy path. :func:`read_raw_mask` +
+    :func:`decode_mask` is the same in two steps (to look at the stored values too).
     """
     path = Path(path)
+    return decode_mask(read_raw_mask(path), path, classes, label_map, colors)
+
+
+def decode_mask(
+    raw: np.ndarray,
+    path: str | Path,
+    classes: ClassInfo | None = None,
+    label_map: Mapping[int, int] | None = None,
+    colors: bool = True,
+) -> np.ndarray:
+    """Class indices of the stored values ``raw`` (from :func:`read_raw_mask` of ``path``), as
+    :func:`read_mask` gives them."""
+    path = Path(path)
     lut = _label_lut(label_map)
-    with _open(path) as img:
-        mode = img.mode
-        if mode in ("L", "P"):
-            raw = np.asarray(img, dtype=np.uint8).copy()
-        elif mode in ("LA", "PA", "La"):
-            raw = np.asarray(img.getchannel(0), dtype=np.uint8).copy()
-        elif mode == "1":
-            raw = np.asarray(img, dtype=np.uint8).copy()
-        elif mode in _16BIT_MODES or mode == "I":
-            raw = np.asarray(img).astype(np.int64)
-        elif mode in ("RGB", "RGBA", "RGBX", "RGBa"):
-            rgb = np.asarray(img.convert("RGB") if mode != "RGB" else img, dtype=np.uint8).copy()
-            raw = None
-        else:
-            raise DataError(
-                path,
-                f"unsupported mask mode {mode}; save masks as 8-bit single-channel or palette PNG",
-            )
-    if raw is None:
-        gray = rgb[..., 0]
-        is_gray = bool(np.array_equal(gray, rgb[..., 1]) and np.array_equal(gray, rgb[..., 2]))
-        if is_gray:
-            mask = _apply_lut(gray, lut, path)
-            if classes is None or not colors or not _invalid_values(mask, classes):
-                return _validate(mask, classes, path)
-            decoded = _decode_colors(rgb, classes, path, strict=False)
-            if decoded is None:
-                return _validate(mask, classes, path)
-            return _validate(_apply_lut(decoded, lut, path), classes, path)
-        if not colors:
-            raise DataError(
-                path, "mask is a colour image but colour decoding is off; save it as index PNG"
-            )
-        if classes is None:
-            raise DataError(
-                path,
-                "colour-coded mask but no class colour table; add a classes.txt with "
-                "'name R G B' lines, or save masks as index/palette PNGs",
-            )
-        decoded = _decode_colors(rgb, classes, path, strict=True)
-        assert decoded is not None
-        return _validate(_apply_lut(decoded, lut, path), classes, path)
-    return _validate(_apply_lut(raw, lut, path), classes, path)
+    if raw.ndim == 2:
+        mask = _apply_lut(raw, lut, path)
+        if raw.dtype != np.uint8 or classes is None or not colors:
+            return _validate(mask, classes, path)
+        if _invalid_values(mask, classes):  # gray class colours, e.g. CamVid's Sky (128, 128, 128)
+            decoded = _decode_colors(np.repeat(raw[..., None], 3, axis=2), classes, path, False)
+            if decoded is not None:
+                return _validate(_apply_lut(decoded, lut, path), classes, path)
+        return _validate(mask, classes, path)
+    if not colors:
+        raise DataError(
+            path, "mask is a colour image but colour decoding is off; save it as index PNG"
+        )
+    if classes is None:
+        raise DataError(
+            path,
+            "colour-coded mask but no class colour table; add a classes.txt with "
+            "'name R G B' lines, or save masks as index/palette PNGs",
+        )
+    decoded = _decode_colors(raw, classes, path, strict=True)
+    assert decoded is not None
+    return _validate(_apply_lut(decoded, lut, path), classes, path)
 
 
 def _label_lut(label_map: Mapping[int, int] | None) -> dict[int, int] | None:

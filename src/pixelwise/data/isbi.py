@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pixelwise.data.classes import ClassInfo
-from pixelwise.data.layouts import (
+from pixelwise.data.layout_base import (
     IMAGE_SUFFIXES,
     MASK_SUFFIXES,
     Layout,
@@ -36,6 +36,7 @@ class Isbi(Layout):
     name = "isbi"
     expected = "train/image/*.png + train/label/*.png (ISBI 2012, zhixuhao/unet's data/membrane)"
     options = {"folds": int, "fold": int}
+    pool_source = "train/"
 
     @classmethod
     def detect(cls, root: Path) -> bool:
@@ -47,7 +48,7 @@ class Isbi(Layout):
     def _pool(self, problems: Problems) -> list[Pair]:
         images_dir, masks_dir = self.root / "train" / "image", self.root / "train" / "label"
         images = index_files(images_dir, IMAGE_SUFFIXES, problems=problems)
-        masks = index_files(masks_dir, MASK_SUFFIXES, problems=problems)
+        masks = index_files(masks_dir, MASK_SUFFIXES, problems=problems, prefer=True)
         if not images and problems is None:
             raise DataError(images_dir, "no image files")
         found = match(images, masks, images_dir, masks_dir, problems, what="label")

@@ -6,7 +6,8 @@
     VOC2012/SegmentationClass/2007_000032.png       palette PNG: index = class, 255 = border
     VOC2012/ImageSets/Segmentation/train.txt        one id per line (also val.txt, trainval.txt)
 
-The splits are the id lists present (train, val, trainval). Only the listed ids are samples:
+The splits are the id lists present (train, val, trainval; without val.txt, "val" is a seeded
+``val_fraction`` of train.txt and "train" the rest). Only the listed ids are samples:
 JPEGImages also holds thousands of detection-only images without masks, which are not problems.
 The 21 classes are VOC's, drawn in VOC's colour map; the 255 border pixels are "ignore".
 """
@@ -16,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pixelwise.data.classes import ClassInfo, default_palette
-from pixelwise.data.layouts import Layout, Pair, Problems, report
+from pixelwise.data.layout_base import Layout, Pair, Problems, report
 from pixelwise.errors import DataError
 
 VOC_NAMES = (
@@ -87,22 +88,26 @@ class Voc(Layout):
             )
         return inner[0]
 
-    def splits(self) -> list[str]:
+    val_missing = "no ImageSets/Segmentation/val.txt"
+    pool_source = "train.txt"
+
+    def fixed_splits(self) -> list[str]:
         return [s for s in SPLIT_FILES if (self.root / _SETS / f"{s}.txt").is_file()]
 
     def extra_files(self) -> list[Path]:
-        return [self.root / _SETS / f"{s}.txt" for s in self.splits()]
+        return [self.root / _SETS / f"{s}.txt" for s in self.fixed_splits()]
 
-    def find(self, split: str, problems: Problems = None) -> list[Pair]:
+    def unknown_split(self, split: str) -> DataError:
+        if not self.fixed_splits():
+            return DataError(
+                self.root / _SETS,
+                "no split lists (train.txt, val.txt, trainval.txt with one image id per "
+                "line); VOC's segmentation splits live there",
+            )
+        return super().unknown_split(split)
+
+    def find_fixed(self, split: str, problems: Problems = None) -> list[Pair]:
         listing = self.root / _SETS / f"{split}.txt"
-        if not listing.is_file():
-            if not self.splits():
-                raise DataError(
-                    self.root / _SETS,
-                    "no split lists (train.txt, val.txt, trainval.txt with one image id per "
-                    "line); VOC's segmentation splits live there",
-                )
-            raise self.unknown_split(split)
         try:
             ids = [line.split()[0] for line in listing.read_text().splitlines() if line.strip()]
         except (OSError, UnicodeDecodeError) as e:

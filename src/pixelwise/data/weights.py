@@ -23,10 +23,8 @@ transform is computed only inside its bounding box grown by ``R``. Ignored pixel
 from __future__ import annotations
 
 import math
-import re
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
@@ -38,7 +36,6 @@ __all__ = [
     "balancing_weights",
     "cutoff_distance",
     "unet_weight_map",
-    "write_weight_maps",
 ]
 
 NEGLIGIBLE = 1e-6  # relative to w0: the separation term is dropped below this
@@ -226,39 +223,3 @@ class BorderWeights:
         indices = range(len(dataset))
         for i in progress(indices) if progress else indices:
             self(i, dataset[i].mask)
-
-
-def write_weight_maps(
-    dataset,
-    out: str | Path,
-    w0: float = 10.0,
-    sigma: float = 5.0,
-    limit: int | None = None,
-    progress: Callable[[Iterable], Iterator] | None = None,
-) -> list[Path]:
-    """Render the weight map of the first ``limit`` (default all) items of ``dataset`` as PNG
-    heatmaps (image | labels | weights), one file ``OUT/<name>_weights.png`` per image."""
-    from pixelwise.plots import plot_weight_map
-
-    if limit is not None and (isinstance(limit, bool) or limit < 1):
-        raise ConfigError(f"--limit: must be a positive number of images, got {limit!r}")
-    maps = BorderWeights(w0, sigma, ignore_index=dataset.classes.ignore_index, cache=False)
-    n = len(dataset) if limit is None else min(limit, len(dataset))
-    written = []
-    indices = range(n)
-    for i in progress(indices) if progress else indices:
-        sample = dataset[i]
-        weights = maps(i, sample.mask)
-        name = re.sub(r"[^\w.-]+", "_", str(sample.name)) or f"{i:05d}"
-        title = f"{sample.name}: U-Net weight map, w0={w0:g}, sigma={sigma:g} px"
-        written.append(
-            plot_weight_map(
-                sample.image,
-                sample.mask,
-                weights,
-                dataset.classes,
-                Path(out) / f"{name}_weights.png",
-                title,
-            )
-        )
-    return written

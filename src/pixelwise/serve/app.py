@@ -20,13 +20,12 @@ from __future__ import annotations
 import base64
 import io
 import threading
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
@@ -36,7 +35,8 @@ from starlette.staticfiles import StaticFiles
 
 from pixelwise import __version__
 from pixelwise.data.classes import ClassInfo
-from pixelwise.data.io import _GRAY_MODES, _gray8, _luminance, _palette_is_gray, _rgb8
+from pixelwise.data.io import decode_image as io_decode_image
+from pixelwise.errors import DataError
 from pixelwise.predict import Segmenter
 
 __all__ = ["UploadError", "create_app", "decode_image", "mask_png", "run_server"]
@@ -56,43 +56,17 @@ class UploadError(Exception):
 
 def decode_image(data: bytes, channels: int) -> np.ndarray:
     """Bytes of an image file -> ``uint8 (H, W, channels)``, converted as ``read_image`` does
-    (EXIF orientation applied, alpha dropped, 16-bit scaled). ``UploadError(400)`` otherwise."""
+    (:func:`pixelwise.data.io.decode_image`: EXIF orientation applied, alpha dropped, 16-bit
+    scaled). ``UploadError(400)`` otherwise."""
     if not data:
         raise UploadError(400, "empty upload: send an image file (PNG, JPEG, ...)")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            img = Image.open(io.BytesIO(data))
-        except UnidentifiedImageError:
-            raise UploadError(
-                400, "not an image: the upload is not in a format Pillow can read (PNG, JPEG, ...)"
-            ) from None
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise UploadError(400, "image has too many pixels (decompression-bomb guard)") from None
-        except (OSError, SyntaxError, ValueError) as err:
-            raise UploadError(400, f"cannot open the image ({err})") from None
-        try:
-            img.load()
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise UploadError(400, "image has too many pixels (decompression-bomb guard)") from None
-        except (OSError, SyntaxError, ValueError, EOFError) as err:
-            raise UploadError(400, f"truncated or corrupt image data ({err})") from None
     try:
-        if img.getexif().get(0x0112, 1) != 1:
-            img = ImageOps.exif_transpose(img) or img
-    except Exception:  # a malformed EXIF block must not make a readable image unreadable
-        pass
-    mode = img.mode
-    path = Path("upload")
-    gray = mode in _GRAY_MODES or (mode in ("P", "PA") and _palette_is_gray(img))
-    try:
-        if gray:
-            g = _gray8(img if mode not in ("P", "PA") else img.convert("L"), path)
-            return g[:, :, None] if channels == 1 else np.repeat(g[:, :, None], 3, axis=2)
-        rgb = _rgb8(img, path)
-    except Exception as err:  # unusual modes: DataError / ValueError from Pillow
-        raise UploadError(400, f"unsupported image ({err}); send an RGB or grayscale PNG") from None
-    return rgb if channels == 3 else _luminance(rgb)[:, :, None]
+        return io_decode_image(data, channels, name="upload")
+    except DataError as err:
+        problem = err.problem
+        if problem.startswith("cannot identify image file"):
+            problem = "not an image: the upload is not in a format Pillow can read (PNG, JPEG, ...)"
+        raise UploadError(400, problem) from None
 
 
 def mask_png(mask: np.ndarray, classes: ClassInfo) -> bytes:
