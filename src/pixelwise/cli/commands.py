@@ -243,7 +243,7 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 
 def cmd_data_weights(args: argparse.Namespace) -> int:
     from pixelwise.data import open_dataset
-    from pixelwise.data.weights import write_weight_maps
+    from pixelwise.plots import write_weight_maps
 
     dataset = open_dataset(args.dir, args.split, **_data_kwargs(args))
     written = write_weight_maps(
