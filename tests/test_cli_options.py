@@ -21,7 +21,7 @@ from pixelwise.training import TrainConfig
 from pixelwise.training.config import field_default, option_flag, resume_free_fields
 
 #: option text for the fields whose metadata names a ``parse`` function, and the value it gives
-PARSED_SAMPLES = {"class_weights": ("1,2.5", [1.0, 2.5])}
+PARSED_SAMPLES = {"class_weights": ("1,2.5", [1.0, 2.5]), "budget": ("1.5h", 5400.0)}
 
 
 def _sample(f) -> tuple[list[str], dict]:
@@ -82,7 +82,7 @@ def test_demo_refuses_the_other_fields_with_its_usage(capsys):
 
 
 def _help(monkeypatch, capsys, *command: str) -> str:
-    monkeypatch.setenv("COLUMNS", "250")  # one line per option: no wrapping
+    monkeypatch.setenv("COLUMNS", "2000")  # one line per option: no wrapping
     with pytest.raises(SystemExit):
         main([*command, "--help"])
     return capsys.readouterr().out

@@ -117,6 +117,8 @@ def evaluate_run(
     from pixelwise.plots import plot_confusion
 
     seg = Segmenter.from_run(run, which, device, engine=engine, compile=compile, threads=threads)
+    if str(data) != "digits":  # mask values are the run's class indices (a held-out folder
+        data_kwargs.setdefault("classes", seg.classes)  # may lack some classes or classes.txt)
     dataset = open_dataset(data, split, channels=seg.in_channels, **data_kwargs)
     if dataset.classes.num_classes != seg.classes.num_classes:
         raise ConfigError(

@@ -27,6 +27,10 @@ def _data_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         d["format"] = args.format
     if getattr(args, "label_map", None) is not None:
         d["label_map"] = args.label_map
+    if getattr(args, "mask_threshold", None) is not None:
+        d["mask_threshold"] = args.mask_threshold
+    if getattr(args, "masks", None) is not None:
+        d["masks"] = args.masks
     return d
 
 
@@ -52,6 +56,8 @@ def _evaluate_data_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         d["format"] = trained["data_format"]
     if trained.get("label_map") is not None:
         d["label_map"] = trained["label_map"]
+    if trained.get("mask_threshold") is not None:
+        d["mask_threshold"] = trained["mask_threshold"]
     return {**d, **given}
 
 
@@ -79,9 +85,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from pixelwise.files import check_outputs_apart, without_outputs
     from pixelwise.predict import Segmenter, list_images, predict_files
 
-    files = list_images(args.inputs)
+    listed = list_images(args.inputs)
+    check_outputs_apart([*args.inputs, *listed], args.out, protect=[args.run])
+    files = without_outputs(listed, args.out)  # never read our own outputs back
     if not files:
         raise ConfigError(f"{' '.join(args.inputs)}: no image files found")
     if not 0 <= args.alpha <= 1:
@@ -139,6 +148,10 @@ def cmd_heatmap(args: argparse.Namespace) -> int:
             if image is not None:
                 raise ConfigError(f"{target}: a second IMAGE; give one RUN and one IMAGE")
             image = target
+    if image is not None:
+        from pixelwise.files import check_outputs_apart
+
+        check_outputs_apart([image], args.out)  # pictures are written beside no input
     written = heatmap_command(
         run,
         image,
@@ -155,7 +168,11 @@ def cmd_heatmap(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from pixelwise.export import export_run
+    from pixelwise.files import check_outputs_apart
 
+    run = Path(args.run)
+    if run.is_dir():  # the file written must not replace anything of the run
+        check_outputs_apart([p for p in run.iterdir() if p.is_file()], args.out)
     report = export_run(args.run, args.out, args.format, args.checkpoint)
     for line in report.lines():
         print(line)
@@ -243,8 +260,11 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 
 def cmd_data_weights(args: argparse.Namespace) -> int:
     from pixelwise.data import open_dataset
+    from pixelwise.files import check_outputs_apart
     from pixelwise.plots import write_weight_maps
 
+    if str(args.dir) != "digits":  # the pictures go outside the dataset folder
+        check_outputs_apart([args.dir], args.out, protect=[args.dir])
     dataset = open_dataset(args.dir, args.split, **_data_kwargs(args))
     written = write_weight_maps(
         dataset,
@@ -255,4 +275,24 @@ def cmd_data_weights(args: argparse.Namespace) -> int:
         progress=iter_progress(args.quiet, "weights", "img"),
     )
     print(f"wrote {len(written)} weight map(s) to {args.out}")
+    return 0
+
+
+def cmd_data_fix(args: argparse.Namespace) -> int:
+    from pixelwise.data.fix import fix_dataset
+
+    options = _data_kwargs(args)
+    threshold = options.pop("mask_threshold", None)
+    report = fix_dataset(
+        args.dir,
+        args.out,
+        mask_values=args.mask_values,
+        threshold=threshold,
+        resize=args.resize,
+        dedupe=not args.keep_duplicates,
+        progress=iter_progress(args.quiet, "fix", "pair"),
+        **options,
+    )
+    print(report.summary())
+    print(f"next: pixelwise data check {args.out}")
     return 0

@@ -12,7 +12,7 @@ from typing import Any
 from pixelwise import __version__
 from pixelwise.cli import commands
 from pixelwise.cli.options import add_config_options, resume_free_flags, with_default
-from pixelwise.cli.train import DEMO_DEFAULTS, cmd_demo, cmd_train
+from pixelwise.cli.train import DEMO_DEFAULTS, cmd_demo, cmd_plan, cmd_train
 from pixelwise.training.config import DATA_FORMATS
 
 __all__ = ["build_parser"]
@@ -50,7 +50,8 @@ def _command(sub: Any, name: str, func: Any, **kw: Any) -> argparse.ArgumentPars
 
 
 def _add_data_options(g: Any) -> None:
-    """--format, --label-map, --data-arg: how a dataset folder is read (evaluate, data)."""
+    """--format, --label-map, --mask-threshold, --masks, --data-arg: how a dataset folder is
+    read (evaluate, data check, data weights, data fix)."""
     _add(
         g,
         "--format",
@@ -64,6 +65,19 @@ def _add_data_options(g: Any) -> None:
         metavar="FROM:TO,...",
         default=None,
         help="renumber mask values, e.g. 255:1 (binary 0/255 masks), 0:0,255:1, 255:ignore",
+    )
+    g.add_argument(
+        "--mask-threshold",
+        type=int,
+        metavar="T",
+        help="binary masks saved lossily (JPEG, anti-aliased): stored values >= T are class 1, "
+        "the others class 0 (e.g. 128; default: read the values as they are)",
+    )
+    g.add_argument(
+        "--masks",
+        metavar="DIR",
+        help="the masks folder of an images folder given as the dataset: pairs are matched by "
+        "file name, and --split all scores every pair (default: the dataset's own layout)",
     )
     _add(
         g,
@@ -181,7 +195,13 @@ def _add_evaluate(sub: Any) -> None:
     )
     _add_run_options(e)
     _add(e, "--data", default="digits", help="dataset folder or 'digits'")
-    _add(e, "--split", default="val", help="split to score")
+    _add(
+        e,
+        "--split",
+        default="val",
+        help="split to score: train, val, test, or all (every pair of the folder, e.g. a "
+        "held-out folder of images/ + masks/, or --data IMAGES --masks MASKS)",
+    )
     e.add_argument("--out", help="folder for eval JSON and confusion PNG (default: RUN)")
     _add_data_options(e)
     _add_max_image_pixels(e)
@@ -321,6 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     for add in (_add_demo, _add_train, _add_evaluate, _add_predict, _add_heatmap, _add_export):
         add(sub)
     _add_serve(sub)
+    _add_plan(sub)
     _add_data_commands(sub)
     _add_models(sub)
     return p
@@ -357,6 +378,7 @@ def _add_data_commands(sub: Any) -> None:
     )
     _add_max_image_pixels(c)
     _add_data_weights(data_sub)
+    _add_data_fix(data_sub)
 
 
 def _add_data_weights(data_sub: Any) -> None:
@@ -378,3 +400,70 @@ def _add_data_weights(data_sub: Any) -> None:
     w.add_argument("--limit", type=int, metavar="N", help="only the first N images (default: all)")
     _add_data_options(w)
     _add_max_image_pixels(w)
+
+
+def _add_data_fix(data_sub: Any) -> None:
+    f = _command(
+        data_sub,
+        "fix",
+        commands.cmd_data_fix,
+        help="write a cleaned copy of a dataset (masks binarised or rounded, sizes matched, "
+        "duplicates dropped, PNG masks, classes.txt) and a report of every change",
+        description="Write a cleaned generic-layout copy of DIR to --out (images/, masks/ as "
+        "PNG, classes.txt, fix_report.txt and .json listing every change). DIR is never "
+        "changed. Lossy masks (JPEG, anti-aliased) are binarised or rounded to the classes; "
+        "images and masks of different sizes but the same aspect ratio are resized to match "
+        "(--resize); byte-identical duplicate images are dropped.",
+    )
+    f.add_argument("dir", metavar="DIR", help="dataset folder (any layout)")
+    f.add_argument("--out", required=True, metavar="CLEAN", help="new folder for the copy")
+    _add(
+        f,
+        "--mask-values",
+        choices=("auto", "binarize", "round", "keep"),
+        default="auto",
+        help="auto: binarise masks that look binary, round the rest to their classes' values; "
+        "binarize (at --mask-threshold, default halfway); round; keep",
+    )
+    f.add_argument(
+        "--resize",
+        choices=("images", "masks"),
+        help="when an image and its mask differ in size with the same aspect ratio: resize the "
+        "images to their masks, or the masks (nearest neighbour) to their images (default: "
+        "report and skip such pairs)",
+    )
+    f.add_argument(
+        "--keep-duplicates", action="store_true", help="keep byte-identical duplicate images"
+    )
+    _add_data_options(f)
+    _add_max_image_pixels(f)
+
+
+def _add_plan(sub: Any) -> None:
+    p = _command(
+        sub,
+        "plan",
+        cmd_plan,
+        help="plan the training of a dataset for a time budget on this machine (prints why)",
+        description="Measure the dataset (sizes, classes, objects, orientation; cached) and "
+        "this machine (a few timed training steps), then print the training options that fit "
+        "the budget, one reason per option. 'pixelwise train --data DIR --budget B' trains "
+        "this plan; any option you give overrides its plan entry. docs/planning.md has the "
+        "rules and the runs behind them.",
+    )
+    p.add_argument("dir", metavar="DIR", help="dataset folder (or 'digits')")
+    _add(p, "--budget", default="20m", metavar="TIME", help="training time: 20m, 1.5h, 600")
+    _add(p, "--device", default="auto", help=DEVICE_HELP)
+    _add(
+        p,
+        "--val-fraction",
+        type=float,
+        default=0.1,
+        help="share of train/ held out for validation when the folder has no val split",
+    )
+    p.add_argument("--out", metavar="FILE", help="also write the plan and fingerprint as JSON")
+    g = p.add_argument_group("data")
+    _add(g, "--format", dest="data_format", choices=DATA_FORMATS, default="auto",
+         help="dataset layout (auto: detected from the folder names)")  # fmt: skip
+    g.add_argument("--label-map", metavar="FROM:TO,...", help="renumber mask values")
+    g.add_argument("--mask-threshold", type=int, metavar="T", help="binarise lossy masks at T")

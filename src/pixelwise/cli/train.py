@@ -10,7 +10,15 @@ from typing import Any
 from pixelwise.cli.options import combine, config_file_options, given_options
 from pixelwise.cli.progress import iter_progress, log, progress_factory
 
-__all__ = ["DEMO", "DEMO_DEFAULTS", "cmd_demo", "cmd_train", "train_config"]
+__all__ = [
+    "DEMO",
+    "DEMO_DEFAULTS",
+    "cmd_demo",
+    "cmd_plan",
+    "cmd_train",
+    "planned_config",
+    "train_config",
+]
 
 # Tuned on the embedded digits scenes (docs/quickstart.md has the runs that led here): more digits
 # per training scene and median-frequency weights give the net enough signal about *which* digit
@@ -36,18 +44,51 @@ DEMO: dict[str, Any] = {
 DEMO_DEFAULTS: dict[str, Any] = {**DEMO, "out": "runs/demo"}
 
 
+def user_options(args: argparse.Namespace, demo: bool = False) -> dict[str, Any]:
+    """The options the user set: ``--config FILE``'s, then the ones typed."""
+    path = getattr(args, "config", None)
+    from_file = config_file_options(path) if path else {}
+    return combine(from_file, given_options(args, demo))
+
+
 def train_config(args: argparse.Namespace, demo: bool = False):
     """The TrainConfig of ``train`` / ``demo``: defaults (the demo's), then ``--config FILE``,
     then the options typed. With ``--resume RUN``: the run's own options, and only the ones
     given here passed on (the training side checks which may change)."""
     from pixelwise.training import TrainConfig, resume_config
 
-    given = given_options(args, demo)
-    path = getattr(args, "config", None)
-    from_file = config_file_options(path) if path else {}
+    given = user_options(args, demo)
     if getattr(args, "resume", None):
-        return resume_config(args.resume, combine(from_file, given))
-    return TrainConfig.from_dict(combine(DEMO_DEFAULTS if demo else {}, from_file, given))
+        return resume_config(args.resume, given)
+    return TrainConfig.from_dict(combine(DEMO_DEFAULTS if demo else {}, given))
+
+
+#: the budget of ``pixelwise train`` when it plans (no --model) and no --budget is given
+DEFAULT_BUDGET = 20 * 60.0
+
+
+def planned_config(args: argparse.Namespace):
+    """``pixelwise train`` without ``--model``: the planner's options for the data, the device
+    and the budget (default 20 minutes), each option the user gave overriding its entry.
+    Returns the TrainConfig and the plan (None when the user chose the model)."""
+    import time
+
+    from pixelwise.planning import plan_training
+    from pixelwise.training import TrainConfig
+
+    given = user_options(args)
+    if getattr(args, "resume", None) or "model" in given:
+        return train_config(args), None
+    began = time.perf_counter()
+    budget = float(given.get("budget") or DEFAULT_BUDGET)
+    base = TrainConfig.from_dict(given)
+    base.validate()  # a bad option is reported before any measuring
+    plan, _fp = plan_training(base, budget, given)
+    if not args.quiet:
+        log(f"no --model: the plan for {base.data} within {budget:.0f} s ('pixelwise plan'):")
+    options = dict(plan.options)  # the budget left after planning is the training's
+    options["budget"] = max(1.0, budget - (time.perf_counter() - began))
+    return TrainConfig.from_dict(options), plan
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
@@ -62,8 +103,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     from pixelwise.distributed import env_info
     from pixelwise.training import train
 
-    config = train_config(args)
-    summary = train(config, progress=progress_factory(args.quiet), log=None if args.quiet else log)
+    config, plan = planned_config(args)
+    if plan is not None and not args.quiet:
+        for line in plan.table():
+            log("  " + line)
+    attachments = {"plan.json": plan.to_dict()} if plan is not None else None
+    summary = train(
+        config,
+        progress=progress_factory(args.quiet),
+        log=None if args.quiet else log,
+        attachments=attachments,
+    )
     if env_info().is_main:  # under torchrun, rank 0 speaks for all
         _print_summary(summary)
         print(f"next: pixelwise evaluate {summary['run']} --data {config.data}")
@@ -95,4 +145,37 @@ def cmd_demo(args: argparse.Namespace) -> int:
     run = summary["run"]
     print(f"run directory: {run} (curves.png, overlays/, confusion_val.png, eval_val.json)")
     print(f"next: pixelwise predict {run} IMAGE --out predictions")
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    """``pixelwise plan DIR``: the fingerprint, then the plan, one reason per option."""
+    from pixelwise.files import write_json
+    from pixelwise.planning import describe, plan_training
+    from pixelwise.training import TrainConfig
+    from pixelwise.training.config import parse_duration
+
+    budget = parse_duration(args.budget) or DEFAULT_BUDGET
+    options: dict[str, Any] = {"data": args.dir, "device": args.device}
+    for key in ("data_format", "label_map", "mask_threshold", "val_fraction"):
+        if getattr(args, key, None) is not None:
+            options[key] = getattr(args, key)
+    base = TrainConfig.from_dict(options)
+    base.validate()
+    plan, fp = plan_training(base, budget)
+    print(f"dataset {args.dir}")
+    for line in describe(fp):
+        print("  " + line)
+    print(f"\nplan for {budget:.0f} s on {plan.device}:")
+    for line in plan.table():
+        print("  " + line)
+    e = plan.estimates
+    print(
+        f"\nestimate: {e['epochs']} epochs x {e['steps_per_epoch']} steps of {e['step_s']:.3f} s,"
+        f" validation ~{e['validation_s']:.1f} s every {e['val_every']} epoch(s)"
+    )
+    if args.out:
+        write_json(args.out, {**plan.to_dict(), "fingerprint": fp.to_dict()})
+        print(f"wrote {args.out}")
+    print(f"next: pixelwise train --data {args.dir} --budget {args.budget}")
     return 0

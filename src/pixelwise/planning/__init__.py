@@ -12,7 +12,7 @@ from typing import Any
 
 from pixelwise.planning.fingerprint import Fingerprint, describe, fingerprint
 from pixelwise.planning.plan import Plan, make_plan
-from pixelwise.planning.profile import DeviceProfile, MeasuredProfile
+from pixelwise.planning.profile import CalibratedProfile, DeviceProfile, MeasuredProfile
 
 __all__ = ["Fingerprint", "Plan", "describe", "dataset_fingerprint", "make_plan", "plan_training"]
 
@@ -57,6 +57,7 @@ def plan_training(
     fp, splits = dataset_fingerprint(config)
     if profile is None:
         device = "cuda" if config.device == "auto" and torch.cuda.is_available() else config.device
-        profile = MeasuredProfile(torch.device("cpu" if device == "auto" else device))
+        device = torch.device("cpu" if device == "auto" else device)
+        profile = CalibratedProfile(MeasuredProfile(device))
     plan = make_plan(fp, profile, budget, splits["train"], splits["val"], given)
     return plan, fp

@@ -133,3 +133,35 @@ class ScaledProfile:
 
     def infer_seconds_per_megapixel(self, c: Candidate, channels: int, classes: int) -> float:
         return self._gmacs(c, 1_000_000, channels) * self.seconds_per_gmac
+
+
+@dataclass
+class CalibratedProfile:
+    """Measures one width per input shape (the ``reference`` base width) and carries it to the
+    other widths by their multiply-add ratio (:class:`ScaledProfile`'s count): a handful of
+    timed steps instead of one set per candidate."""
+
+    measured: MeasuredProfile = field(default_factory=MeasuredProfile)
+    reference: int = 16
+
+    @property
+    def kind(self) -> str:
+        return self.measured.kind
+
+    @property
+    def name(self) -> str:
+        return self.measured.name
+
+    def _ratio(self, c: Candidate, ref: Candidate, channels: int) -> float:
+        count = ScaledProfile("count", self.kind, 1.0)
+        return count.step_seconds(c, channels, 2) / count.step_seconds(ref, channels, 2)
+
+    def step_seconds(self, c: Candidate, channels: int, classes: int) -> float:
+        ref = Candidate(c.model, self.reference, c.depth, c.crop, c.batch)
+        base = self.measured.step_seconds(ref, channels, classes)
+        return base * self._ratio(c, ref, channels)
+
+    def infer_seconds_per_megapixel(self, c: Candidate, channels: int, classes: int) -> float:
+        ref = Candidate(c.model, self.reference, c.depth, c.crop, c.batch)
+        base = self.measured.infer_seconds_per_megapixel(ref, channels, classes)
+        return base * self._ratio(c, ref, channels)

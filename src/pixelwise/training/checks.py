@@ -136,6 +136,11 @@ def _check_data_and_run(c: TrainConfig) -> None:
 
     need(c.channels in (None, 1, 3), "channels", "must be 1 or 3")
     need(c.workers >= 0, "workers", "must be >= 0")
+    need(
+        c.mask_threshold is None or 1 <= c.mask_threshold <= 255,
+        "mask_threshold",
+        f"give a stored value in 1..255, e.g. 128, got {c.mask_threshold}",
+    )
     need(c.threads is None or c.threads >= 1, "threads", "must be at least 1")
     need(0 < c.val_fraction < 1, "val_fraction", "must be between 0 and 1")
     parse_label_map(c.label_map)  # ConfigError naming --label-map

@@ -112,6 +112,20 @@ class TrainConfig:
         group="data",
         metavar="FROM:TO,...",
     )
+    mask_threshold: int | None = opt(
+        None,
+        "read binary masks saved lossily (JPEG, anti-aliased): stored values >= T are class 1, "
+        "the others class 0 (e.g. 128); 'pixelwise data check' says when a folder needs it",
+        group="data",
+        metavar="T",
+    )
+    force_classes: bool = opt(
+        False,
+        "train even when the classes inferred from the mask values look like noise (dozens of "
+        "rare values: lossy masks); the fixes are --mask-threshold, --label-map round or "
+        "'pixelwise data fix'",
+        group="data",
+    )
     val_fraction: float = opt(
         0.1, "fraction held out for validation when the folder has no val split", group="data"
     )

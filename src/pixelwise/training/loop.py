@@ -66,8 +66,12 @@ def train(
     config: TrainConfig,
     progress: ProgressFactory | None = None,
     log: Callable[[str], None] | None = None,
+    attachments: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Train a model as ``config`` says; return a summary (best/last metrics, paths, time).
+
+    ``attachments``: JSON files written into a new run directory beside ``config.json``
+    (``{"plan.json": ...}``: the plan the options came from).
 
     Raises ConfigError / DataError for bad options or data (before anything is written) and
     TrainingDiverged when the loss stops being finite (the last good checkpoint is kept).
@@ -87,7 +91,7 @@ def train(
                 "here there is nothing to synchronise, drop it"
             )
         with stop_on_signals() as stop, torch_threads(config.threads):
-            return _train(config, progress, log, dist, device, stop, made, started)
+            return _train(config, progress, log, dist, device, stop, made, started, attachments)
     except (PixelwiseError, KeyboardInterrupt):
         # bad data found while training (e.g. with the data check off), or Ctrl-C, before
         # anything was committed: leave no half-made run directory behind
@@ -159,10 +163,14 @@ def _train(
     stop: StopFlag,
     made: list[Path],
     started: float,
+    attachments: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     if config.threads is None:  # record the count used: --resume keeps it (bit-equal sums)
         config = dataclasses.replace(config, threads=torch.get_num_threads())
     t = _set_up(config, progress, log, dist, device, stop, made, started)
+    if dist.is_main and not config.resume:
+        for name, content in (attachments or {}).items():
+            write_json(t.out / name, content)
     s = t.state
     stop.armed = True
     for epoch in range(s.epoch, config.epochs + 1):

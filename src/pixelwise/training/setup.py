@@ -19,6 +19,7 @@ from pixelwise import __version__, distributed
 from pixelwise.data import open_dataset
 from pixelwise.data.balance import cached_class_pixel_counts, median_frequency_weights
 from pixelwise.data.classes import ClassInfo
+from pixelwise.data.maskvalues import check_class_count
 from pixelwise.data.pipeline import training_set
 from pixelwise.data.transforms import TrainTransform
 from pixelwise.errors import ConfigError, DataError
@@ -98,6 +99,7 @@ def open_split(config: TrainConfig, split: str, channels: int | None, classes=No
         label_map=label_map if label_map is not None else config.label_map,
         val_fraction=config.val_fraction,
         classes=classes,
+        **({"mask_threshold": config.mask_threshold} if label_map is None else {}),
         **args,
     )
 
@@ -119,6 +121,7 @@ def check_data(config: TrainConfig, progress: ProgressFactory | None) -> None:
         splits=("train", "val"),
         cache=True,
         val_fraction=config.val_fraction,
+        mask_threshold=config.mask_threshold,
         **args,
     )
     if not report.ok:
@@ -134,6 +137,7 @@ def open_training_data(
     train_ds = open_split(config, "train", config.channels)
     for note in train_ds.notes:
         say(note)
+    check_class_count(train_ds, force=config.force_classes)  # lossy masks read as 255 classes
     val_ds = open_split(
         config, "val", train_ds.channels, classes=train_ds.classes, label_map=train_ds.label_map
     )

@@ -1,0 +1,145 @@
+"""The planner: a fingerprint of the data, a device profile, and options that fit a budget."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from pixelwise.cli import main
+from pixelwise.data import open_dataset
+from pixelwise.planning.fingerprint import ClassObjects, Fingerprint, fingerprint
+from pixelwise.planning.plan import MIN_STEPS, make_plan
+from pixelwise.planning.profile import Candidate, ScaledProfile
+
+CPU = ScaledProfile("fake cpu", "cpu", seconds_per_gmac=0.02)
+GPU = ScaledProfile("fake gpu", "cuda", seconds_per_gmac=0.0002)
+
+
+def _folder(root: Path, kind: str, n: int = 8, size: int = 64) -> Path:
+    """``street``: sky above road (class 1 over class 2) with cars; ``cells``: discs anywhere
+    (class 1) crossed by thin lines (class 2). Written as a flat images/ + masks/ folder."""
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        mask = Image.new("L", (size, size), 0)
+        draw = ImageDraw.Draw(mask)
+        if kind == "street":
+            draw.rectangle([0, 0, size, size // 3], fill=1)
+            draw.rectangle([0, 2 * size // 3, size, size], fill=2)
+            x = int(rng.integers(0, size - 16))
+            draw.rectangle([x, size // 2, x + 14, size // 2 + 10], fill=3)
+        else:
+            for _ in range(3):
+                x, y = rng.integers(8, size - 8, 2)
+                draw.ellipse([x - 6, y - 6, x + 6, y + 6], fill=1)
+            for _ in range(2):
+                x0, x1 = rng.integers(0, size, 2)
+                draw.line([x0, 0, x1, size], fill=2, width=2)
+        m = np.asarray(mask)
+        image = (m[..., None] * 60 + rng.integers(0, 40, (size, size, 3))).astype(np.uint8)
+        (root / "images").mkdir(parents=True, exist_ok=True)
+        (root / "masks").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(root / "images" / f"{i:02d}.png")
+        mask.save(root / "masks" / f"{i:02d}.png")
+    (root / "classes.txt").write_text(
+        "\n".join(f"c{c} {30 * c} {60 * c} {80 * c}" for c in range(4 if kind == "street" else 3))
+    )
+    return root
+
+
+def _fp(root: Path) -> Fingerprint:
+    ds = open_dataset(root, "all")
+    return fingerprint(ds, {"train": len(ds)})
+
+
+def test_fingerprint_sees_orientation_and_thin_structures(tmp_path):
+    street = _fp(_folder(tmp_path / "street", "street"))
+    cells = _fp(_folder(tmp_path / "cells", "cells"))
+    assert street.upright and street.vertical_bias > 0.5
+    assert not cells.upright and cells.vertical_bias < 0.25
+    assert cells.objects[2].thin and not cells.objects[1].thin  # lines vs discs
+    assert cells.objects[1].per_image == pytest.approx(3, abs=1)
+    assert street.median_size == (64, 64) and street.channels == 3
+    assert abs(sum(street.frequency) - 1) < 1e-6
+    again = Fingerprint.from_dict(json.loads(json.dumps(street.to_dict())))
+    assert again == street
+
+
+def _synthetic(upright: bool, size: tuple[int, int] = (360, 480), thin: float = 20.0):
+    return Fingerprint(
+        images={"train": 300, "val": 30},
+        median_size=size, min_size=size, max_size=size, channels=3,
+        intensity_mean=[0.4] * 3, intensity_std=[0.2] * 3,
+        classes=["a", "b", "c"], frequency=[0.7, 0.25, 0.05], labelled=1.0,
+        objects=[ClassObjects(1, 5e4, 60), ClassObjects(3, 2e3, thin), ClassObjects(2, 300, 8)],
+        vertical_bias=0.9 if upright else 0.02, horizontal_bias=0.05,
+    )  # fmt: skip
+
+
+def test_a_gpu_plan_is_bigger_and_sharper_than_a_cpu_plan():
+    fp = _synthetic(upright=True)
+    cpu = make_plan(fp, CPU, 1200, 300, 30)
+    gpu = make_plan(fp, GPU, 1200, 300, 30)
+    assert gpu.options["input_scale"] >= cpu.options["input_scale"]
+    assert gpu.options["input_scale"] == 1.0
+    assert gpu.options["model_args"]["base_width"] >= cpu.options["model_args"]["base_width"]
+    assert gpu.options["crop_size"] > cpu.options["crop_size"]
+    assert gpu.options["batch_size"] > cpu.options["batch_size"]
+    assert gpu.estimates["steps"] >= MIN_STEPS
+    for plan in (cpu, gpu):
+        assert set(plan.reasons) == set(plan.options) and all(plan.reasons.values())
+    # more time on the same device never gives a smaller model or resolution
+    longer = make_plan(fp, CPU, 4 * 3600, 300, 30)
+    assert longer.options["input_scale"] >= cpu.options["input_scale"]
+    grow = lambda p: (p.options["input_scale"], p.options["model_args"]["base_width"])  # noqa: E731
+    assert grow(longer) > grow(cpu)  # the time buys resolution or width, not just epochs
+
+
+def test_orientation_decides_the_augmentations():
+    upright = make_plan(_synthetic(upright=True), CPU, 1200, 300, 30)
+    anyway = make_plan(_synthetic(upright=False), CPU, 1200, 300, 30)
+    assert upright.options["rotate"] == 0 and upright.options["hflip"] is True
+    assert anyway.options["rotate"] == 180
+    assert "upright" in upright.reasons["rotate"]
+
+
+def test_thin_structures_keep_the_resolution():
+    thin = make_plan(_synthetic(upright=False, thin=2.0), CPU, 600, 300, 30)
+    assert thin.options["input_scale"] == 1.0
+    assert thin.estimates["scale_floor"] == 1.0
+
+
+def test_given_options_override_the_plan_and_are_recorded():
+    plan = make_plan(_synthetic(upright=True), CPU, 1200, 300, 30, given={"lr": 0.1})
+    assert plan.options["lr"] == 0.1 and plan.given == ["lr"] and plan.reasons["lr"] == "given"
+
+
+def test_the_profile_formula_grows_with_width_and_pixels():
+    small = Candidate("unet_same", 8, 4, 128, 8)
+    wide = Candidate("unet_same", 16, 4, 128, 8)
+    big = Candidate("unet_same", 8, 4, 256, 8)
+    assert CPU.step_seconds(wide, 3, 2) > 2 * CPU.step_seconds(small, 3, 2)
+    assert CPU.step_seconds(big, 3, 2) == pytest.approx(4 * CPU.step_seconds(small, 3, 2))
+
+
+def test_plan_command_and_planned_training(tmp_path, capsys):
+    data = _folder(tmp_path / "cells", "cells", n=12, size=48)
+    out = tmp_path / "plan.json"
+    assert main(["plan", str(data), "--budget", "40s", "--device", "cpu", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "input_scale" in printed and "no preferred orientation" in printed
+    saved = json.loads(out.read_text())
+    assert saved["options"]["model"] == "unet_same" and saved["fingerprint"]["channels"] == 3
+
+    run = tmp_path / "run"
+    args = ["-q", "train", "--data", str(data), "--budget", "25s", "--out", str(run)]
+    assert main([*args, "--device", "cpu", "--lr", "0.002"]) == 0, capsys.readouterr().err
+    plan = json.loads((run / "plan.json").read_text())
+    config = json.loads((run / "config.json").read_text())["train"]
+    assert config["model"] == "unet_same" and config["lr"] == 0.002
+    assert plan["reasons"]["lr"] == "given" and "lr" in plan["given"]
+    assert 0 < config["budget"] <= 25
+    assert (run / "best.safetensors").is_file()
