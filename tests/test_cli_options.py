@@ -308,3 +308,5 @@ def test_models_prints_one_line_per_model(capsys):
     assert re.search(r" 31\.0M params ", by_name["unet"]), by_name["unet"]
     for line in lines:
         assert re.search(r"\d(\.\d)?[kM] params  \S", line), line  # a count and a description
+    assert "(Long, Shelhamer & Darrell 2015)" in by_name["fcn8s"]  # the paper
+    assert "(Ronneberger, Fischer & Brox 2015)" in by_name["unet"]

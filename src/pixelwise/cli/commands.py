@@ -205,8 +205,9 @@ def cmd_models(args: argparse.Namespace) -> int:
     from pixelwise import models
 
     for name in models.available():
-        builder = models._REGISTRY[name]  # noqa: SLF001 (models has no public accessor yet)
-        print(f"{name:<18} {_parameters(name):>7} params  {_summary(builder.__doc__)}")
+        about = models.info(name)
+        paper = f" ({about.paper})" if about.paper else ""
+        print(f"{name:<18} {_parameters(name):>7} params  {about.use}{paper}")
     return 0
 
 
@@ -222,13 +223,6 @@ def _parameters(name: str) -> str:
     except Exception:  # a builder that cannot run on the meta device: no count
         return "?"
     return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.1f}k"
-
-
-def _summary(doc: str | None) -> str:
-    """The first sentence of a docstring, on one line, without reST markup."""
-    paragraph = " ".join((doc or "").strip().split("\n\n")[0].split())
-    first = paragraph.split(". ")[0].rstrip(".")
-    return first.replace("``", "") or "-"
 
 
 def cmd_data_check(args: argparse.Namespace) -> int:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -26,16 +27,37 @@ Builder = Callable[..., SegmentationModel]
 _REGISTRY: dict[str, Builder] = {}
 
 
-def register(name: str) -> Callable[[Builder], Builder]:
-    """Decorator: make the builder ``fn(num_classes, **kwargs)`` available as ``build(name)``."""
+class ModelInfo(NamedTuple):
+    """What ``pixelwise models`` says of a model."""
+
+    paper: str  # "Long, Shelhamer & Darrell 2015", or a note for our own variants
+    use: str  # what it is for, in a few words
+    summary: str  # the first sentence of the builder's docstring
+
+
+_INFO: dict[str, ModelInfo] = {}
+
+
+def register(name: str, paper: str = "", use: str = "") -> Callable[[Builder], Builder]:
+    """Decorator: make the builder ``fn(num_classes, **kwargs)`` available as ``build(name)``,
+    with the paper it follows and what it is for (``pixelwise models`` prints them)."""
 
     def decorate(fn: Builder) -> Builder:
         if name in _REGISTRY:
             raise ValueError(f"model '{name}' is already registered")
         _REGISTRY[name] = fn
+        summary = " ".join((fn.__doc__ or "").strip().split("\n\n")[0].split())
+        _INFO[name] = ModelInfo(paper, use, summary.split(". ")[0].rstrip("."))
         return fn
 
     return decorate
+
+
+def info(name: str) -> ModelInfo:
+    """The paper, purpose and one-line summary of a registered model."""
+    if name not in _INFO:
+        raise ConfigError(unknown_model(name))
+    return _INFO[name]
 
 
 def available() -> list[str]:
@@ -94,4 +116,12 @@ def transfer_weights(target: nn.Module, source_state: dict[str, torch.Tensor]) -
 # The model modules register their builders on import (they import ``register`` from here).
 from pixelwise.models import convolutionalized, fcn, segnet, unet  # noqa: E402, F401
 
-__all__ = ["SegmentationModel", "available", "build", "register", "transfer_weights"]
+__all__ = [
+    "ModelInfo",
+    "SegmentationModel",
+    "available",
+    "build",
+    "info",
+    "register",
+    "transfer_weights",
+]

@@ -114,7 +114,11 @@ def classifier_state(
     return out
 
 
-@register("convolutionalized")
+@register(
+    "convolutionalized",
+    paper="the lectures' migration to FCN",
+    use="teaching: a patch classifier made dense",
+)
 def build_convolutionalized(
     num_classes: int, in_channels: int = 3, width: float = 1.0, patch_size: int = 32
 ) -> ConvolutionalizedFCN:

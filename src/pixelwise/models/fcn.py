@@ -162,7 +162,7 @@ def _build(
     return net
 
 
-@register("fcn32s")
+@register("fcn32s", paper="Long, Shelhamer & Darrell 2015", use="stage 1 of staged FCN training")
 def fcn32s(
     num_classes: int,
     in_channels: int = 3,
@@ -176,7 +176,9 @@ def fcn32s(
     return _build("fcn32s", 32, **locals())  # locals(): exactly this builder's arguments
 
 
-@register("fcn16s")
+@register(
+    "fcn16s", paper="Long, Shelhamer & Darrell 2015", use="stage 2: --init-from an fcn32s run"
+)
 def fcn16s(
     num_classes: int,
     in_channels: int = 3,
@@ -190,7 +192,11 @@ def fcn16s(
     return _build("fcn16s", 16, **locals())
 
 
-@register("fcn8s")
+@register(
+    "fcn8s",
+    paper="Long, Shelhamer & Darrell 2015",
+    use="the FCN of the paper; needs a GPU or ImageNet weights",
+)
 def fcn8s(
     num_classes: int,
     in_channels: int = 3,

@@ -215,7 +215,11 @@ class DeconvNet(SegmentationModel):
         return max(h, 32), max(w, 32)
 
 
-@register("segnet")
+@register(
+    "segnet",
+    paper="Badrinarayanan, Kendall & Cipolla 2017",
+    use="street scenes; memory-light decoder",
+)
 def segnet(
     num_classes: int,
     in_channels: int = 3,
@@ -229,14 +233,18 @@ def segnet(
     return net
 
 
-@register("segnet_basic")
+@register(
+    "segnet_basic",
+    paper="Badrinarayanan, Kendall & Cipolla 2017",
+    use="small SegNet, trains on a CPU",
+)
 def segnet_basic(num_classes: int, in_channels: int = 3, width: float = 1.0) -> SegNetBasic:
     """SegNet-Basic: 4 encoder and 4 decoder stages of 7x7 convs with 64 channels."""
     check_args("segnet_basic", num_classes=num_classes, in_channels=in_channels, width=width)
     return SegNetBasic(num_classes, in_channels, width)
 
 
-@register("deconvnet")
+@register("deconvnet", paper="Noh, Hong & Han 2015", use="the mirrored-deconvolution baseline")
 def deconvnet(
     num_classes: int,
     in_channels: int = 3,

@@ -186,7 +186,11 @@ def _build(model: str, padding: str, num_classes: int, **options: object) -> UNe
     return UNet(num_classes, padding=padding, **options)
 
 
-@register("unet")
+@register(
+    "unet",
+    paper="Ronneberger, Fischer & Brox 2015",
+    use="microscopy as published: overlap-tile, any size",
+)
 def unet(
     num_classes: int,
     in_channels: int = 3,
@@ -200,7 +204,11 @@ def unet(
     return _build("unet", "valid", **locals())
 
 
-@register("unet_same")
+@register(
+    "unet_same",
+    paper="U-Net, padded + BatchNorm",
+    use="the planner's default: any data, CPU-trainable",
+)
 def unet_same(
     num_classes: int,
     in_channels: int = 3,
