@@ -99,3 +99,24 @@ def test_cli_evaluate_and_predict_with_tta(run_dir, digits_folder, tmp_path):
                  str(tmp_path / "m")]) == 0  # fmt: skip
     mask = np.asarray(Image.open(tmp_path / "m" / f"{image.stem}.png"))
     assert mask.shape == np.asarray(Image.open(image)).shape[:2]
+
+
+def test_tta_uses_only_the_symmetries_the_run_trained_with(run_dir, tmp_path):
+    """A street-scene run (horizontal flips only) never averages an upside-down view; a
+    microscopy run (flips and any rotation) averages all 8; the run's config decides."""
+    import json
+    import shutil
+
+    from pixelwise.predict import TTA_VIEWS, trained_views
+
+    assert trained_views({"hflip": True, "rotate": 0.0}) == ((0, False), (0, True))
+    assert trained_views({"hflip": True, "rotate": 180.0}) == TTA_VIEWS
+    assert trained_views({"hflip": False, "rotate": 180.0}) == tuple((k, False) for k in range(4))
+    assert trained_views({"hflip": False, "rotate": 10.0}) == ((0, False),)
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    config = json.loads((run / "config.json").read_text())
+    assert Segmenter.from_run(run).views == trained_views(config["train"])
+    config["train"].update(hflip=True, rotate=180.0)
+    (run / "config.json").write_text(json.dumps(config))
+    assert Segmenter.from_run(run).views == TTA_VIEWS

@@ -21,7 +21,7 @@ from pixelwise.data.transforms import mask_to_tensor, to_tensor
 from pixelwise.files import write_json
 from pixelwise.losses import pixel_cross_entropy
 from pixelwise.metrics import confusion_matrix, format_scores, scores
-from pixelwise.predict import Segmenter, forward_full, mean_over_views
+from pixelwise.predict import TTA_VIEWS, Segmenter, forward_full, mean_over_views
 
 __all__ = ["EvalResult", "evaluate_dataset", "evaluate_run"]
 
@@ -50,6 +50,7 @@ def evaluate_dataset(
     net: Callable[[torch.Tensor], torch.Tensor] | None = None,
     input_scale: float = 1.0,
     tta: bool = False,
+    views: tuple[tuple[int, bool], ...] | None = None,
 ) -> EvalResult:
     """Predict every sample of ``dataset`` at full resolution and accumulate one confusion matrix.
 
@@ -79,7 +80,7 @@ def evaluate_dataset(
         sample = dataset[i]
         x = to_tensor(sample.image, mean, std).unsqueeze(0).to(device)
         y = mask_to_tensor(sample.mask).unsqueeze(0).to(device)
-        logits = (mean_over_views(full, x) if tta else full(x)).float()
+        logits = (mean_over_views(full, x, views or TTA_VIEWS) if tta else full(x)).float()
         loss_sum += pixel_cross_entropy(logits, y, class_weights, ignore_index=ignore)
         pred = logits.argmax(1)
         cm += confusion_matrix(pred, y, c, ignore)
@@ -135,6 +136,7 @@ def evaluate_run(
         net=seg.net,
         input_scale=seg.input_scale,
         tta=tta,
+        views=seg.views,
     )
     out = Path(out_dir) if out_dir is not None else Path(run)
     report = {
@@ -143,6 +145,7 @@ def evaluate_run(
         "split": split,
         "checkpoint": which,
         "tta": tta,
+        "tta_views": len(seg.views) if tta else 1,
         "images": len(dataset),
         "class_names": list(seg.classes.names),
         **result.scores,

@@ -92,19 +92,36 @@ def tta_unview(y: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
     return y.flip(-1) if flip else y
 
 
+def trained_views(train: dict) -> tuple[tuple[int, bool], ...]:
+    """The TTA views a run may average: only the symmetries it was trained with (its ``train``
+    options). Flips and rotations up to 180 degrees: all 8; rotations alone: the 4 quarter
+    turns; horizontal flips alone: the image and its mirror (a street scene is never turned
+    upside down); neither: the image alone."""
+    flips = bool(train.get("hflip", True))
+    turns = float(train.get("rotate", 0.0) or 0.0) >= 180.0
+    return tuple(
+        (k, f)
+        for k in (range(4) if turns else (0,))
+        for f in ((False, True) if flips else (False,))
+    )
+
+
 def mean_over_views(
-    forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    views: tuple[tuple[int, bool], ...] = TTA_VIEWS,
 ) -> torch.Tensor:
-    """Test-time augmentation: ``log`` of the mean softmax of ``forward`` over the 8
-    :data:`TTA_VIEWS` of ``x (..., H, W)``, each mapped back. ``forward`` maps a view to logits
-    ``(..., C, h, w)`` on the view's own grid. Log-probabilities are logits: their argmax is the
-    prediction, and cross-entropy on them is the negative log of the averaged probability.
-    8 forward passes; the sum of probabilities is one ``(..., C, H, W)`` float32 tensor."""
+    """Test-time augmentation: ``log`` of the mean softmax of ``forward`` over ``views`` (all 8
+    :data:`TTA_VIEWS` by default; a run's own: :func:`trained_views`) of ``x (..., H, W)``,
+    each mapped back. ``forward`` maps a view to logits ``(..., C, h, w)`` on the view's own
+    grid. Log-probabilities are logits: their argmax is the prediction, and cross-entropy on
+    them is the negative log of the averaged probability. One forward pass per view; the sum
+    of probabilities is one ``(..., C, H, W)`` float32 tensor."""
     total = None
-    for k, flip in TTA_VIEWS:
+    for k, flip in views:
         p = torch.softmax(tta_unview(forward(tta_view(x, k, flip)).float(), k, flip), -3)
         total = p if total is None else total.add_(p)
-    return (total / len(TTA_VIEWS)).clamp_min_(1e-12).log_()
+    return (total / len(views)).clamp_min_(1e-12).log_()
 
 
 @dataclass
@@ -119,7 +136,8 @@ class Segmenter:
     device: torch.device = torch.device("cpu")
     net: Callable[[torch.Tensor], torch.Tensor] | None = None  # engine; None: plain ``model``
     input_scale: float = 1.0  # the run's --input-scale: images are resized by it for the model
-    tta: bool = False  # average the 8 flips/rotations (8x the time): see ``mean_over_views``
+    tta: bool = False  # average the views below (one pass each): see ``mean_over_views``
+    views: tuple[tuple[int, bool], ...] = TTA_VIEWS  # a run's: the symmetries it trained with
 
     @classmethod
     def from_run(
@@ -148,10 +166,11 @@ class Segmenter:
             loaded.model, engine or DEFAULT_ENGINE, run=folder, which=which,
             in_channels=loaded.in_channels, threads=threads, compile=compile,
         )  # fmt: skip
-        input_scale = float(loaded.config.get("train", {}).get("input_scale", 1.0))
+        train = loaded.config.get("train", {})
+        input_scale = float(train.get("input_scale", 1.0))
         return cls(
             loaded.model, loaded.classes, loaded.mean, loaded.std, loaded.in_channels, dev,
-            net=net, input_scale=input_scale,
+            net=net, input_scale=input_scale, views=trained_views(train),
         )  # fmt: skip
 
     @torch.inference_mode()
@@ -170,14 +189,14 @@ class Segmenter:
                     v = np.ascontiguousarray(view.permute(1, 2, 0).numpy())
                     return self._tiled(v, tile, overlap, logits=True)
 
-                return mean_over_views(tiled, hwc)
+                return mean_over_views(tiled, hwc, self.views)
             return self._tiled(image, tile, overlap, logits=True)
         x = to_tensor(image, self.mean, self.std).unsqueeze(0).to(self.device)
 
         def full(v: torch.Tensor) -> torch.Tensor:
             return forward_full(self.model, v, net=self.net, input_scale=self.input_scale)
 
-        logits = mean_over_views(full, x) if self.tta else full(x)
+        logits = mean_over_views(full, x, self.views) if self.tta else full(x)
         return logits[0].float()
 
     def predict(

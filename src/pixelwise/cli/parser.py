@@ -127,8 +127,9 @@ def _add_engine_options(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--tta",
         action="store_true",
-        help="test-time augmentation: average the probabilities of the 8 flips and quarter "
-        "turns of each image (8x the time; usually a little more accurate)",
+        help="test-time augmentation: average the probabilities over the flips and quarter "
+        "turns the run was trained with (its --no-hflip/--rotate: a street scene is never "
+        "turned upside down; up to 8 views, each one pass)",
     )
 
 
