@@ -173,3 +173,12 @@ def test_no_argparse_internals() -> None:
             if needle in text:
                 bad.append(f"{name}: {needle}")
     assert not bad, "\n".join(bad)
+
+
+def test_the_layout_names_agree():
+    """``--format`` choices: the layouts' registry, its FORMATS, and the copy training.config
+    keeps so that building the CLI imports no torch."""
+    from pixelwise.data.layouts import FORMATS, _registry
+    from pixelwise.training.config import DATA_FORMATS
+
+    assert DATA_FORMATS == FORMATS == ("auto", *_registry())
