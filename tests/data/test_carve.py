@@ -169,3 +169,31 @@ def test_other_layouts_without_val_carve_it_too(tmp_path):
     assert "no val split: 1 of 10 train/ images held out for validation" in isbi.notes[-1]
     folds = open_dataset(tmp_path / "isbi", "val", folds=5, fold=1)
     assert folds.notes[-1].endswith("(fold 1 of 5: --data-arg folds=5 --data-arg fold=1)")
+
+
+def test_training_records_the_carved_split_and_evaluate_scores_the_same_images(tmp_path, capsys):
+    """Through the CLI: train/ + test/ trains with no other option, says how val was carved,
+    records it in the run, and 'evaluate --split val' scores exactly the carved images."""
+    import json
+
+    from pixelwise.cli import main
+
+    root = train_test_folder(tmp_path / "data", n_train=20, n_test=5)
+    stripes = (np.arange(32)[None, :] // 11).repeat(32, 0).astype(np.uint8)
+    for k, p in enumerate(sorted(root.glob("*/images/*.png"))):  # bigger, distinct images
+        put(p, np.random.default_rng(k).integers(0, 256, (32, 32, 3), np.uint8))
+        put(p.parent.parent / "masks" / p.name, stripes)
+    run = tmp_path / "run"
+    args = ["train", "--data", str(root), "--out", str(run), "--model", "unet_same"]
+    args += ["--width", "0.125", "--model-arg", "depth=2", "--epochs", "1", "--crop-size", "32"]
+    assert main([*args, "--device", "cpu", "--overlays", "0"]) == 0
+    err = capsys.readouterr().err
+    assert "no val/ folder: 2 of 20 train/ images held out for validation" in err, err
+    config = json.loads((run / "config.json").read_text())
+    assert config["data"] == {"train_images": 18, "val_images": 2}
+    assert config["train"]["val_fraction"] == 0.1
+    out = tmp_path / "eval"
+    assert main(["-q", "evaluate", str(run), "--data", str(root), "--out", str(out)]) == 0
+    assert json.loads((out / "eval_val.json").read_text())["images"] == 2
+    val = open_dataset(root, "val", val_fraction=0.1)
+    assert all(name.startswith("train_") for name in val.names)  # test/ is never used
