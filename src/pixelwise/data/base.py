@@ -39,6 +39,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
     names: list[str]
     notes: Sequence[str] = ()  # choices worth telling the user ("0/255 masks read as binary")
     label_map: Mapping[int, int] | None = None  # mask value -> label applied when reading
+    layout: str = ""  # the folder layout it was read from ("generic", "camvid", ...), if any
 
     def __len__(self) -> int:
         raise NotImplementedError

@@ -144,13 +144,34 @@ def open_training_data(
     if len(train_ds) == 0:
         raise ConfigError(f"--data {config.data}: the train split is empty")
     classes = train_ds.classes
+    layout = f" ({train_ds.layout} layout)" if train_ds.layout else ""
     say(
-        f"data: {config.data}: {len(train_ds)} train / {len(val_ds)} val images, "
-        f"{train_ds.channels} channel(s), {classes.num_classes} classes "
+        f"data: {config.data}{layout}: {len(train_ds)} train / {len(val_ds)} val images"
+        f"{_sizes(train_ds)}, {train_ds.channels} channel(s), {classes.num_classes} classes "
         f"({', '.join(classes.names[:12])}{', ...' if classes.num_classes > 12 else ''})"
     )
     weights = class_weights(config, train_ds, progress, say)
     return TrainingData(train_ds, val_ds, classes, train_ds.channels, weights)
+
+
+def _sizes(dataset: Any, sample: int = 25) -> str:
+    """", 382x286 px" (the median of the first ``sample`` images' headers; no pixel decoded),
+    or "" for datasets not read from files."""
+    from PIL import Image
+
+    pairs = getattr(dataset, "pairs", None)
+    if not pairs:
+        return ""
+    sizes = []
+    for image, _mask in pairs[:sample]:
+        try:
+            with Image.open(image) as im:
+                sizes.append(im.size)
+        except OSError:
+            return ""
+    w, h = sorted(sizes)[len(sizes) // 2]
+    spread = "" if len({*sizes}) == 1 else " (median)"
+    return f", {w}x{h} px{spread}"
 
 
 def class_weights(
