@@ -149,9 +149,10 @@ def _save_mode(path: Path, mode: str) -> None:
 )
 def test_unusual_image_modes_are_decoded(run_dir, tmp_path, name, mode):
     _save_mode(tmp_path / name, mode)
-    assert main(["-q", "predict", str(run_dir), str(tmp_path / name), "--out", str(tmp_path)]) == 0
+    out = tmp_path / "out"  # beside the input, never over it (s.png would be overwritten)
+    assert main(["-q", "predict", str(run_dir), str(tmp_path / name), "--out", str(out)]) == 0
     stem = Path(name).stem
-    assert Image.open(tmp_path / f"{stem}.png").size == (40, 30)
+    assert Image.open(out / f"{stem}.png").size == (40, 30)
     image = read_image(tmp_path / name)
     assert image.dtype == np.uint8 and image.shape[:2] == (30, 40)
 

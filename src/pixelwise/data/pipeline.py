@@ -20,19 +20,22 @@ from pixelwise.data.transforms import TransformedDataset
 from pixelwise.data.weights import BorderWeights
 from pixelwise.errors import ConfigError
 
-__all__ = ["training_set"]
+__all__ = ["bar_iter", "training_set"]
 
 WEIGHT_MAP_BYTES = 4  # float32 per pixel
 
 
-def _bar(progress: Callable[..., Any] | None, desc: str) -> Callable[[Iterable], Iterator] | None:
-    """Turn a ``progress(total=, desc=, unit=)`` bar factory into an iterable wrapper."""
+def bar_iter(
+    progress: Callable[..., Any] | None, desc: str, unit: str = "img", **bar_args: Any
+) -> Callable[[Iterable], Iterator] | None:
+    """Turn a ``progress(total=, desc=, unit=, ...)`` bar factory into an iterable wrapper
+    (what the data functions take); None stays None."""
     if progress is None:
         return None
 
     def wrap(items: Iterable) -> Iterator:
         items = list(items)
-        bar = progress(total=len(items), desc=desc, unit="img")
+        bar = progress(total=len(items), desc=desc, unit=unit, **bar_args)
         try:
             for item in items:
                 yield item
@@ -74,7 +77,7 @@ def training_set(
     use_cache, note = plan_cache(cache, dataset, WEIGHT_MAP_BYTES if weight_map else 0)
     say(note)
     if use_cache:
-        dataset = InMemory(dataset).load(_bar(progress, "decoding"))
+        dataset = InMemory(dataset).load(bar_iter(progress, "decoding"))
     if points:
         dataset = PointLabels(dataset, points, seed)
         say(f"point labels: {points} pixel(s) per class per training image, fixed for the run")
@@ -84,5 +87,5 @@ def training_set(
             w0, sigma, class_weights, dataset.classes.ignore_index, cache=use_cache
         )
         if use_cache:
-            weights.fill(dataset, _bar(progress, "weight maps"))
+            weights.fill(dataset, bar_iter(progress, "weight maps"))
     return TransformedDataset(dataset, transform, seed=seed, weights=weights)

@@ -20,7 +20,7 @@ from pixelwise.data import open_dataset
 from pixelwise.data.balance import cached_class_pixel_counts, median_frequency_weights
 from pixelwise.data.classes import ClassInfo
 from pixelwise.data.maskvalues import check_class_count
-from pixelwise.data.pipeline import training_set
+from pixelwise.data.pipeline import bar_iter, training_set
 from pixelwise.data.transforms import TrainTransform
 from pixelwise.errors import ConfigError, DataError
 from pixelwise.files import write_json
@@ -40,24 +40,6 @@ class Bar(Protocol):
 
 
 ProgressFactory = Callable[..., Bar]
-
-
-def bar_iter(progress: ProgressFactory | None, desc: str, unit: str, **bar_args: Any):
-    """Adapt a bar factory to ``progress(iterable) -> iterator`` (what data functions take)."""
-    if progress is None:
-        return None
-
-    def wrap(items):
-        items = list(items)
-        bar = progress(total=len(items), desc=desc, unit=unit, **bar_args)
-        try:
-            for item in items:
-                yield item
-                bar.update(1)
-        finally:
-            bar.close()
-
-    return wrap
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -155,7 +137,7 @@ def open_training_data(
 
 
 def _sizes(dataset: Any, sample: int = 25) -> str:
-    """", 382x286 px" (the median of the first ``sample`` images' headers; no pixel decoded),
+    """ ", 382x286 px" (the median of the first ``sample`` images' headers; no pixel decoded),
     or "" for datasets not read from files."""
     from PIL import Image
 
