@@ -53,10 +53,11 @@ def test_budget_in_a_config_file(tmp_path):
     assert TrainConfig.from_dict(options).budget == 120.0
 
 
-def test_a_short_budget_ends_early_with_a_validated_checkpoint(tmp_path):
+@pytest.mark.parametrize("images", [32, 4])  # 8 steps per epoch, and 1 (STARE's 9 images)
+def test_a_short_budget_ends_early_with_a_validated_checkpoint(tmp_path, images):
     out = tmp_path / "run"
     config = TrainConfig(
-        data="digits", data_args={"num_images": 32}, model="unet_same", width=0.125,
+        data="digits", data_args={"num_images": images}, model="unet_same", width=0.125,
         epochs=500, crop_size=32, batch_size=4, device="cpu", overlays=0, budget=6.0,
         out=str(out), threads=1,
     )  # fmt: skip

@@ -380,7 +380,7 @@ def _train_epoch(t: Trainer, epoch: int, first: int) -> tuple[torch.Tensor, torc
             _log_loss(t, bar, window, i, epoch)
         bar.update(1)
         boundary = i % acc == 0  # no gradient half-accumulated: a checkpoint may go here
-        budgeted = boundary and t.budget is not None and i < t.batches
+        budgeted = (boundary or i == t.batches) and t.budget is not None
         if budgeted and distributed.any_true(t.budget.must_stop(), t.device):
             break  # out of time: this epoch ends here, validated and committed
         stopping = boundary and distributed.any_true(t.stop.requested, t.device)
