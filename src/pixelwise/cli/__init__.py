@@ -17,6 +17,7 @@ import sys
 from collections.abc import Sequence
 
 from pixelwise.cli.parser import build_parser
+from pixelwise.cli.progress import mark_start
 from pixelwise.cli.train import DEMO
 from pixelwise.errors import ConfigError, PixelwiseError
 from pixelwise.training.config import DATA_FORMATS
@@ -44,6 +45,7 @@ def _process_settings(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    mark_start()
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # reported with the command's own usage (argparse exits with status 2)

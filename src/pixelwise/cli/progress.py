@@ -9,6 +9,18 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TextIO
 
+_started = [time.perf_counter()]  # when the command started: ``--budget`` counts from here
+
+
+def mark_start() -> None:
+    """The command starts now (:func:`pixelwise.cli.main` calls it first)."""
+    _started[0] = time.perf_counter()
+
+
+def seconds_since_start() -> float:
+    return time.perf_counter() - _started[0]
+
+
 __all__ = ["LineBar", "iter_progress", "log", "progress_factory"]
 
 

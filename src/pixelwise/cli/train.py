@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from pixelwise.cli.options import combine, config_file_options, given_options
-from pixelwise.cli.progress import iter_progress, log, progress_factory
+from pixelwise.cli.progress import iter_progress, log, progress_factory, seconds_since_start
 
 __all__ = [
     "DEMO",
@@ -65,30 +65,39 @@ def train_config(args: argparse.Namespace, demo: bool = False):
 
 #: the budget of ``pixelwise train`` when it plans (no --model) and no --budget is given
 DEFAULT_BUDGET = 20 * 60.0
+#: seconds kept for what follows training (the summary, the interpreter's exit)
+EXIT_MARGIN = 2.0
 
 
 def planned_config(args: argparse.Namespace):
     """``pixelwise train`` without ``--model``: the planner's options for the data, the device
     and the budget (default 20 minutes), each option the user gave overriding its entry.
     Returns the TrainConfig and the plan (None when the user chose the model)."""
-    import time
 
     from pixelwise.planning import plan_training
     from pixelwise.training import TrainConfig
 
     given = user_options(args)
     if getattr(args, "resume", None) or "model" in given:
-        return train_config(args), None
-    began = time.perf_counter()
+        return _budget_left(train_config(args)), None
     budget = float(given.get("budget") or DEFAULT_BUDGET)
     base = TrainConfig.from_dict(given)
     base.validate()  # a bad option is reported before any measuring
     plan, _fp = plan_training(base, budget, given)
     if not args.quiet:
         log(f"no --model: the plan for {base.data} within {budget:.0f} s ('pixelwise plan'):")
-    options = dict(plan.options)  # the budget left after planning is the training's
-    options["budget"] = max(1.0, budget - (time.perf_counter() - began))
-    return TrainConfig.from_dict(options), plan
+    return _budget_left(TrainConfig.from_dict(plan.options)), plan
+
+
+def _budget_left(config):
+    """``config`` with the time this process has already spent (imports, planning) and an
+    exit margin taken off its budget: ``--budget`` is the wall time of the whole command."""
+    import dataclasses
+
+    if config.budget is None or config.resume:
+        return config
+    spent = seconds_since_start() + EXIT_MARGIN
+    return dataclasses.replace(config, budget=max(1.0, config.budget - spent))
 
 
 def _print_summary(summary: dict[str, Any]) -> None:

@@ -496,7 +496,7 @@ def _summary(t: Trainer) -> dict[str, Any]:
     s = t.state
     summary = {
         "run": str(t.out),
-        "epochs": t.config.epochs,
+        "epochs": s.rows[-1]["epoch"] if s.rows else t.config.epochs,  # trained (budget)
         "steps": s.step,
         "seconds": round(time.perf_counter() - t.start, 1),
         "best_epoch": s.best_epoch,
