@@ -137,9 +137,12 @@ class ScaledProfile:
 
 @dataclass
 class CalibratedProfile:
-    """Measures one width per input shape (the ``reference`` base width) and carries it to the
-    other widths by their multiply-add ratio (:class:`ScaledProfile`'s count): a handful of
-    timed steps instead of one set per candidate."""
+    """Times one reference configuration (base width 16, depth 4, the candidate's batch of
+    128 px crops: small shapes run far below a CPU's speed per multiply-add and would make
+    every estimate pessimistic) and carries it to every candidate by their multiply-add ratio
+    (:class:`ScaledProfile`'s count): three timed steps instead of a set per candidate, so
+    that planning costs seconds of a short budget, not a minute. The budget absorbs the
+    error of the ratio (the loop measures the real steps)."""
 
     measured: MeasuredProfile = field(default_factory=MeasuredProfile)
     reference: int = 16
@@ -152,16 +155,19 @@ class CalibratedProfile:
     def name(self) -> str:
         return self.measured.name
 
+    def _reference(self, c: Candidate) -> Candidate:
+        return Candidate(c.model, self.reference, 4, 128, c.batch)
+
     def _ratio(self, c: Candidate, ref: Candidate, channels: int) -> float:
         count = ScaledProfile("count", self.kind, 1.0)
         return count.step_seconds(c, channels, 2) / count.step_seconds(ref, channels, 2)
 
     def step_seconds(self, c: Candidate, channels: int, classes: int) -> float:
-        ref = Candidate(c.model, self.reference, c.depth, c.crop, c.batch)
+        ref = self._reference(c)
         base = self.measured.step_seconds(ref, channels, classes)
         return base * self._ratio(c, ref, channels)
 
     def infer_seconds_per_megapixel(self, c: Candidate, channels: int, classes: int) -> float:
-        ref = Candidate(c.model, self.reference, c.depth, c.crop, c.batch)
+        ref = self._reference(c)
         base = self.measured.infer_seconds_per_megapixel(ref, channels, classes)
         return base * self._ratio(c, ref, channels)
