@@ -82,7 +82,11 @@ def planned_config(args: argparse.Namespace):
         return _budget_left(train_config(args)), None
     budget = float(given.get("budget") or DEFAULT_BUDGET)
     base = TrainConfig.from_dict(given)
-    base.validate()  # a bad option is reported before any measuring
+    base.validate()  # a bad option, or a broken dataset, is reported before any measuring
+    if base.check_data:
+        from pixelwise.training.setup import check_data
+
+        check_data(base, None)  # a passing check is cached: training does not read twice
     plan, _fp = plan_training(base, budget, given)
     if not args.quiet:
         log(f"no --model: the plan for {base.data} within {budget:.0f} s ('pixelwise plan'):")

@@ -38,6 +38,7 @@ class Plan:
     estimates: dict[str, Any] = field(default_factory=dict)
     device: str = ""
     budget: float = 0.0
+    candidate: Candidate | None = None  # the model and batch shape chosen
 
     def set(self, name: str, value: Any, reason: str) -> None:
         self.options[name] = value
@@ -170,6 +171,7 @@ def make_plan(
     plan = Plan(device=profile.name, budget=budget)
     floor, why_floor = _scale_floor(fp)
     c, scale, est = _choose_model(fp, profile, floor, train_images, val_images, budget)
+    plan.candidate = c
     h, w = fp.median_size
     plan.set(
         "model",

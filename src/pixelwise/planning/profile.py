@@ -146,6 +146,7 @@ class CalibratedProfile:
 
     measured: MeasuredProfile = field(default_factory=MeasuredProfile)
     reference: int = 16
+    exact: set = field(default_factory=set)  # candidates timed themselves (the planner's pick)
 
     @property
     def kind(self) -> str:
@@ -163,11 +164,15 @@ class CalibratedProfile:
         return count.step_seconds(c, channels, 2) / count.step_seconds(ref, channels, 2)
 
     def step_seconds(self, c: Candidate, channels: int, classes: int) -> float:
+        if c in self.exact:
+            return self.measured.step_seconds(c, channels, classes)
         ref = self._reference(c)
         base = self.measured.step_seconds(ref, channels, classes)
         return base * self._ratio(c, ref, channels)
 
     def infer_seconds_per_megapixel(self, c: Candidate, channels: int, classes: int) -> float:
+        if c in self.exact:
+            return self.measured.infer_seconds_per_megapixel(c, channels, classes)
         ref = self._reference(c)
         base = self.measured.infer_seconds_per_megapixel(ref, channels, classes)
         return base * self._ratio(c, ref, channels)
