@@ -185,12 +185,18 @@ def stroke_footprint(
     right = min(width, int(np.ceil(pts[:, 0].max() + r)) + 1)
     if top >= bottom or left >= right:
         return None
-    cy = np.arange(top, bottom, dtype=np.float64)[:, None] + 0.5
-    cx = np.arange(left, right, dtype=np.float64)[None, :] + 0.5
     hit = np.zeros((bottom - top, right - left), dtype=bool)
     r2 = r * r
     segments = [(pts[0], pts[0])] if len(pts) == 1 else list(zip(pts[:-1], pts[1:], strict=True))
-    for (x0, y0), (x1, y1) in segments:
+    for (x0, y0), (x1, y1) in segments:  # each over its own box: a long stroke stays cheap
+        t0 = max(top, int(np.floor(min(y0, y1) - r)))
+        l0 = max(left, int(np.floor(min(x0, x1) - r)))
+        b0 = min(bottom, int(np.ceil(max(y0, y1) + r)) + 1)
+        r0 = min(right, int(np.ceil(max(x0, x1) + r)) + 1)
+        if t0 >= b0 or l0 >= r0:
+            continue
+        cy = np.arange(t0, b0, dtype=np.float64)[:, None] + 0.5
+        cx = np.arange(l0, r0, dtype=np.float64)[None, :] + 0.5
         dx, dy = x1 - x0, y1 - y0
         length2 = dx * dx + dy * dy
         if length2 > 0:
@@ -199,7 +205,7 @@ def stroke_footprint(
             t = np.zeros((1, 1))
         ex = cx - (x0 + t * dx)
         ey = cy - (y0 + t * dy)
-        hit |= ex * ex + ey * ey <= r2
+        hit[t0 - top : b0 - top, l0 - left : r0 - left] |= ex * ex + ey * ey <= r2
     if not hit.any():
         return None
     return (top, left, bottom, right), hit
