@@ -123,7 +123,7 @@ def test_draw_save_undo_reload_predict_next(server, tmp_path):
             rng = np.random.default_rng(5)
             for _ in range(20):
                 n = int(rng.integers(1, 5))
-                pts = [tuple(float(v) for v in np.round(rng.uniform(-5, 130, 2), 2)) for _ in range(n)]
+                pts = [tuple(np.round(rng.uniform(-5, 130, 2), 2).tolist()) for _ in range(n)]
                 r = float(np.round(rng.uniform(0.5, 9), 2))
                 js = page.evaluate(
                     "([p, r]) => { const f = window.pixelwiseLabel.footprint(p, r, 96, 128);"
