@@ -141,11 +141,19 @@ def test_a_second_server_on_one_project_is_refused(images, tmp_path):
         ("a,,b", r"empty class name"),
         ("only", r"at least 2 classes"),
         ("a,b#c", r"cannot be written"),
+        ("a,3 horses", r"cannot be written"),
     ],
 )
 def test_bad_class_lists(classes, message):
     with pytest.raises(ConfigError, match=message):
         parse_classes(classes)
+
+
+def test_digit_names_round_trip(images, tmp_path):
+    names = ["background", *map(str, range(10)), "big cell"]
+    Project.open(images, names, tmp_path / "proj").close()
+    assert ClassInfo.from_file(tmp_path / "proj" / "classes.txt").names == tuple(names)
+    Project.open(images, ",".join(names), tmp_path / "proj").close()
 
 
 def test_bad_folders(tmp_path):

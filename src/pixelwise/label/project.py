@@ -86,10 +86,11 @@ def parse_classes(classes: str | Sequence[str]) -> tuple[str, ...]:
     for name in names:
         if not name:
             raise ConfigError(f"--classes {','.join(names)}: an empty class name (two commas?)")
-        if "#" in name or " ".join(name.split()) != name or name.isdigit():
+        words = name.split()
+        if "#" in name or " ".join(words) != name or (len(words) > 1 and _number(words[0])):
             raise ConfigError(
                 f"--classes: class name {name!r} cannot be written to classes.txt; use letters, "
-                "digits, '-' or '_' (single spaces allowed, no '#', not a bare number)"
+                "digits, '-' or '_' (single spaces, no '#', no number as a first word)"
             )
     dups = sorted({n for n in names if names.count(n) > 1})
     if dups:
@@ -102,6 +103,10 @@ def parse_classes(classes: str | Sequence[str]) -> tuple[str, ...]:
     if len(names) < 2:
         raise ConfigError(f"--classes {names[0]}: name at least 2 classes (e.g. background,cell)")
     return names
+
+
+def _number(word: str) -> bool:
+    return word.lstrip("+-").isdigit()
 
 
 def label_classes(names: Sequence[str], colors: Sequence[Any] | None = None) -> ClassInfo:

@@ -50,10 +50,11 @@ Log = Callable[[str], None]
 
 @dataclass
 class TrainerOptions:
-    """How the live model trains. The defaults suit a CPU: a U-Net of 16-32-64 channels."""
+    """How the live model trains. The defaults suit a CPU: a U-Net of 8-16-32 channels (64 at
+    the bottom), about 0.13 s per step of 4 crops of 128 pixels on one core."""
 
     model: str = "unet_same"
-    model_args: dict[str, Any] = field(default_factory=lambda: {"depth": 3, "base_width": 16})
+    model_args: dict[str, Any] = field(default_factory=lambda: {"depth": 3, "base_width": 8})
     width: float = 1.0
     lr: float = 2e-3
     weight_decay: float = 1e-4
