@@ -169,10 +169,20 @@ def new_project(tmp: Path, data: dict[str, Any], tag: str) -> Project:
     return Project.open(images, data["classes"], tmp / f"{tag}-project")
 
 
+def trainer_options(args, **extra: Any) -> TrainerOptions:
+    """The page's defaults, with ``--set KEY=VALUE`` overrides (for experiments)."""
+    opts = TrainerOptions(threads=args.threads, device="cpu", seed=args.seed, **extra)
+    for item in args.set:
+        key, _, value = item.partition("=")
+        setattr(
+            opts, key, json.loads(value) if key == "model_args" else type(getattr(opts, key))(value)
+        )
+    return opts
+
+
 def new_trainer(project: Project, args) -> Trainer:
     torch.manual_seed(args.seed)
-    opts = TrainerOptions(threads=args.threads, device="cpu", seed=args.seed)
-    return Trainer(project, options=opts)
+    return Trainer(project, options=trainer_options(args))
 
 
 @torch.inference_mode()
@@ -354,7 +364,8 @@ def run_dataset(name: str, args, say) -> dict[str, Any] | None:
         "heldout": [s for s, _, _ in data["heldout"]],
         "protocol": {"clicks_per_image": args.clicks, "round_cpu_seconds": args.round_seconds,
                      "click_radius": args.radius, "threads": args.threads, "seed": args.seed,
-                     "model": "unet_same depth 3 base_width 8 (TrainerOptions defaults)"},
+                     "trainer": {k: v for k, v in vars(trainer_options(args)).items()
+                                 if k not in ("threads", "device")}},
         "load": {"cpus": os.cpu_count(), "loadavg_before": load_before,
                  "loadavg_after": os.getloadavg(), "machine": platform.platform(),
                  "torch": torch.__version__},
@@ -675,6 +686,7 @@ def main() -> None:
     ap.add_argument("--shot-seconds", type=float, default=120.0)
     ap.add_argument("--out", type=Path, default=RESULTS, help="folder of the JSON and PNG")
     ap.add_argument("--report", action="store_true", help="only redo the table and plot")
+    ap.add_argument("--set", action="append", default=[], help="TrainerOptions KEY=VALUE")
     args = ap.parse_args()
     args.rf_at = [int(v) for v in args.rf_at.split(",")]
     torch.set_num_threads(args.threads)

@@ -182,6 +182,8 @@ def test_a_vanished_image_answers_410(make_app, tmp_path):
     assert res.status_code == 410 and "no longer exists" in res.json()["error"]
     assert client.get("/api/mask/img1").status_code == 410
     assert client.get("/api/image/img1").status_code == 410
+    status = client.get("/api/status?name=img1")
+    assert status.status_code == 200 and "no longer exists" in status.json()["image"]["gone"]
     assert client.get("/api/next?order=sequential&after=img0").json()["name"] == "img2"
 
 

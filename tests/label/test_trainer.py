@@ -190,3 +190,21 @@ def test_crops_hold_labelled_pixels(tmp_path):
         assert ((y != ERASE).sum(dim=(1, 2)) > 0).all()
     finally:
         project.close()
+
+
+def test_augmentations_keep_image_and_labels_aligned(tmp_path):
+    images = halves(tmp_path / "in", n=1, size=(40, 40))
+    project = Project.open(images, "dark,bright", tmp_path / "proj")
+    try:
+        opts = TrainerOptions(**{**FAST, "rotate90": True, "jitter": 0.2, "crop": 40})
+        trainer = Trainer(project, options=opts)
+        label_halves(project)  # dark stroke at x=6, bright stroke at x=40 (clipped)
+        image = project.image("h0", 1)
+        mask = project.mask("h0")
+        for _ in range(20):
+            out, labels = trainer._augment(image, mask)
+            # dark labelled pixels stay dark, bright ones bright, whatever the turn
+            assert out[labels == 0].mean() < 128 < out[labels == 1].mean()
+            assert (labels != ERASE).sum() == (mask != ERASE).sum()
+    finally:
+        project.close()

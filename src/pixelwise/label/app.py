@@ -211,8 +211,10 @@ async def api_status(request: Request) -> Response:
     out: dict[str, Any] = {"counts": s.project.counts(), "trainer": s.trainer.status()}
     name = request.query_params.get("name")
     if name:
-        entry = s.project.entry(name)
-        out["image"] = entry.describe()
+        try:
+            out["image"] = s.project.entry(name).describe()
+        except LabelError as err:  # the page says so, and keeps showing the trainer
+            out["image"] = {"name": name, "gone": err.message, "status": err.status}
     return JSONResponse(out)
 
 

@@ -61,6 +61,9 @@ class TrainerOptions:
     batch_size: int = 4
     crop: int = 128
     hflip: bool = True
+    rotate90: bool = False  # also vertical flips and quarter turns (orientation-free images)
+    jitter: float = 0.0  # random contrast x(1 +- jitter) and brightness +-jitter (of 255)
+    balance: bool = True  # weigh classes by 1 / sqrt(their labelled pixels)
     publish_every: float = 5.0  # seconds of training between checkpoints
     score_seconds: float = 1.0  # after each checkpoint: time spent scoring unlabelled images
     score_pixels: int = 1_000_000  # larger images are scored shrunk to about this many pixels
@@ -289,6 +292,8 @@ class Trainer:
 
     def _class_weights(self) -> torch.Tensor:
         counts = self.project.class_counts().astype(np.float64)
+        if not self.options.balance:
+            return torch.ones(len(counts), dtype=torch.float32)
         present = counts > 0
         w = np.zeros_like(counts)
         w[present] = 1.0 / np.sqrt(counts[present])
@@ -330,13 +335,26 @@ class Trainer:
                 continue
             mask, index = found
             image, crop_mask = _crop_around(image, mask, index, size, self.rng)
-            if self.options.hflip and self.rng.random() < 0.5:
-                image, crop_mask = image[:, ::-1], crop_mask[:, ::-1]
+            image, crop_mask = self._augment(image, crop_mask)
             xs.append(to_tensor(np.ascontiguousarray(image), self.mean, self.std))
             ys.append(torch.from_numpy(crop_mask.astype(np.int64)))
         if not xs:
             return None
         return torch.stack(xs), torch.stack(ys)
+
+    def _augment(self, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        opts, rng = self.options, self.rng
+        if opts.hflip and rng.random() < 0.5:
+            image, mask = image[:, ::-1], mask[:, ::-1]
+        if opts.rotate90:
+            k = int(rng.integers(4))
+            image, mask = np.rot90(image, k), np.rot90(mask, k)
+        if opts.jitter > 0:
+            gain = 1 + rng.uniform(-opts.jitter, opts.jitter)
+            shift = 255 * rng.uniform(-opts.jitter, opts.jitter)
+            mean = image.mean()
+            image = np.clip((image - mean) * gain + mean + shift, 0, 255).astype(np.uint8)
+        return image, mask
 
     # -- publishing ----------------------------------------------------------------------------
 

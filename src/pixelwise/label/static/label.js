@@ -587,6 +587,11 @@ async function poll() {
     $("trainer").classList.toggle("error", !!st.trainer.error);
     const countsChanged = !S.counts || S.counts.labelled !== st.counts.labelled || S.counts.images !== st.counts.images;
     S.counts = st.counts;
+    if (S.cur && st.image && st.image.gone) {
+      if (!S.cur.locked) { S.cur.locked = st.image.gone; setStatus(st.image.gone, true); }
+      markMissing(S.cur.name);
+      return;
+    }
     if (S.cur && st.trainer.version > S.cur.predVersion) refreshPrediction();
     if (S.cur && st.image && st.image.version !== S.cur.version && !S.queue.length && !S.sending) await reloadMask();
     if (countsChanged) await loadProject(false);
