@@ -1,0 +1,725 @@
+"""Interactive labeling (issue 16): a simulated annotator clicks, the live model learns.
+
+    nice -n 10 python bench/interactive.py --datasets isbi,drive,digits --threads 1
+    nice -n 10 python bench/interactive.py --latency --threads 1
+    nice -n 10 python bench/interactive.py --screenshot docs/images/label.png --threads 1
+
+**Protocol** (that of interactive segmentation papers, for semantic labels): ``--images`` images
+of a dataset form the pool the annotator labels; each round, in every pool image, the annotator
+clicks once at the centre (distance-transform maximum, the image border counting as boundary) of
+the largest connected region that the current model predicts wrongly, split by true class and
+leaving out the pixels already labelled (before any model exists every pixel is wrong). A click
+labels a disc of radius ``--radius`` px (3) with the true class of its centre, restricted to
+the pixels of that class (the annotator does not paint over the boundary). The clicks go
+through :class:`pixelwise.label.project.Project` exactly as the page's strokes do, and between
+rounds :class:`pixelwise.label.trainer.Trainer` (the page's trainer, its default model: a
+``unet_same`` of depth 3 and 8 base channels, AdamW, crops of 128 px around labelled pixels,
+masked cross-entropy) trains for ``--round-seconds`` of CPU time (``time.thread_time`` of the
+one torch thread) and publishes its checkpoint. After each round the published model is scored
+on held-out images (mean IoU over the classes; not counted in the wall time).
+
+**Baselines**, on the same pool and held-out images:
+
+- *random forest* (ilastik's pixel classifier): a scikit-learn ``RandomForestClassifier`` of 100
+  trees on ilastik's filter bank computed with ``scipy.ndimage`` for each channel: Gaussian
+  smoothing, Laplacian of Gaussian, Gaussian gradient magnitude, difference of Gaussians
+  (sigma and 0.66 sigma), structure-tensor eigenvalues (inner scale sigma, outer 0.5 sigma) and
+  Hessian-of-Gaussian eigenvalues, at scales 0.7, 1, 1.6, 3.5, 5 and 10 px (48 features per
+  channel), trained on exactly the pixels the clicks labelled, at ``--rf-at`` clicks per image;
+- *fully supervised*: the same trainer and model on the dense masks of the pool images, trained
+  for the same total CPU time (``--clicks`` x ``--round-seconds``), scored along the way.
+
+Datasets (from ``../shared/data``, skipped when absent; the digits are embedded): ISBI 2012
+(pool: slices 0-9, held out: 20-24; membrane / cell), DRIVE (pool: training 21-30, held out:
+test 01-05; background / vessel, pixels outside the field of view ignored), digits scenes (pool:
+10 training scenes 96-128 px, held out: 10 validation scenes; 11 classes).
+
+``--latency``: the page's server (uvicorn, real HTTP) with the trainer running on ISBI, strokes
+sent at a person's pace: the stroke-to-saved latency (request sent to atomic save answered) and
+the interval between new predictions arriving at a polling page, p50 / p95.
+
+``--screenshot PNG``: the page in chromium on ISBI slices, strokes drawn with the mouse on the
+open image and a few on others, the live model trained for ``--shot-seconds``, then captured.
+
+Outputs: ``bench/results/interactive_<dataset>.json``, ``interactive_curves.png`` (and a copy in
+``docs/images/label_curves.png``), ``interactive_latency.json``; the table on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import socket
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from pixelwise.data.io import read_image, read_mask, write_image  # noqa: E402
+from pixelwise.label.project import ERASE, Project  # noqa: E402
+from pixelwise.label.trainer import Trainer, TrainerOptions  # noqa: E402
+from pixelwise.metrics import confusion_matrix, scores  # noqa: E402
+
+SHARED = ROOT.parent / "shared" / "data"
+RESULTS = ROOT / "bench" / "results"
+SCALES = (0.7, 1.0, 1.6, 3.5, 5.0, 10.0)
+
+
+# ---- data -----------------------------------------------------------------------------------
+
+
+def load_isbi(n_pool: int) -> dict[str, Any] | None:
+    root = SHARED / "isbi2012" / "train"
+    if not root.is_dir():
+        return None
+
+    def sample(i: int):
+        image = read_image(root / "image" / f"{i}.png", channels=1)
+        gt = (read_mask(root / "label" / f"{i}.png") > 127).astype(np.uint8)  # 1 = cell
+        return f"isbi{i:02d}", image, gt
+
+    return {"name": "isbi", "classes": ["membrane", "cell"],
+            "pool": [sample(i) for i in range(n_pool)],
+            "heldout": [sample(i) for i in range(20, 25)]}  # fmt: skip
+
+
+def load_drive(n_pool: int) -> dict[str, Any] | None:
+    root = SHARED / "drive"
+    if not root.is_dir():
+        return None
+
+    def sample(split: str, stem: str, tag: str):
+        image = read_image(root / split / "images" / f"{stem}_{tag}.tif", channels=3)
+        vessel = read_mask(root / split / "1st_manual" / f"{stem}_manual1.gif") > 127
+        fov = read_mask(root / split / "mask" / f"{stem}_{tag}_mask.gif") > 127
+        gt = np.where(fov, vessel.astype(np.uint8), ERASE).astype(np.uint8)
+        return f"drive{stem}", image, gt
+
+    pool = [sample("training", str(i), "training") for i in range(21, 21 + n_pool)]
+    held = [sample("test", f"{i:02d}", "test") for i in range(1, 6)]
+    return {"name": "drive", "classes": ["background", "vessel"], "pool": pool, "heldout": held}
+
+
+def load_digits(n_pool: int) -> dict[str, Any]:
+    from pixelwise.data.digits import DIGITS_CLASSES, DigitsScenes
+
+    def scenes(split: str, n: int):
+        ds = DigitsScenes(split, seed=0, num_images=n, min_size=96, max_size=128)
+        return [(f"digits_{split}{i:02d}", s.image, s.mask) for i, s in enumerate(ds)]
+
+    return {"name": "digits", "classes": list(DIGITS_CLASSES.names),
+            "pool": scenes("train", n_pool), "heldout": scenes("val", 10)}  # fmt: skip
+
+
+LOADERS = {"isbi": load_isbi, "drive": load_drive, "digits": load_digits}
+
+
+# ---- the simulated annotator ----------------------------------------------------------------
+
+
+def next_click(gt: np.ndarray, pred: np.ndarray | None, labelled: np.ndarray):
+    """(y, x) of the centre of the largest wrongly predicted region of one true class, or None
+    when every unlabelled pixel is right."""
+    wrong = (gt != ERASE) & ~labelled
+    if pred is not None:
+        wrong &= pred != gt
+    best, best_size = None, 0
+    for c in np.unique(gt[wrong]):
+        comps, n = ndimage.label(wrong & (gt == c))
+        if n == 0:
+            continue
+        sizes = np.bincount(comps.ravel())
+        sizes[0] = 0
+        k = int(sizes.argmax())
+        if sizes[k] > best_size:
+            best, best_size = comps == k, int(sizes[k])
+    if best is None:
+        return None
+    dt = ndimage.distance_transform_edt(np.pad(best, 1))[1:-1, 1:-1]
+    y, x = np.unravel_index(int(dt.argmax()), dt.shape)
+    return int(y), int(x)
+
+
+def click_disc(gt: np.ndarray, y: int, x: int, radius: float) -> np.ndarray:
+    """Flat indices of the pixels within ``radius`` of (y, x) of the same true class."""
+    h, w = gt.shape
+    r = int(np.ceil(radius))
+    yy, xx = np.mgrid[max(0, y - r) : min(h, y + r + 1), max(0, x - r) : min(w, x + r + 1)]
+    keep = ((yy - y) ** 2 + (xx - x) ** 2 <= radius**2) & (gt[yy, xx] == gt[y, x])
+    return (yy[keep] * w + xx[keep]).astype(np.int64)
+
+
+def new_project(tmp: Path, data: dict[str, Any], tag: str) -> Project:
+    images = tmp / f"{tag}-images"
+    images.mkdir(parents=True, exist_ok=True)
+    for stem, image, _ in data["pool"]:
+        write_image(images / f"{stem}.png", image)
+    return Project.open(images, data["classes"], tmp / f"{tag}-project")
+
+
+def trainer_options(args, **extra: Any) -> TrainerOptions:
+    """The page's defaults, with ``--set KEY=VALUE`` overrides (for experiments)."""
+    opts = TrainerOptions(threads=args.threads, device="cpu", seed=args.seed, **extra)
+    for item in args.set:
+        key, _, value = item.partition("=")
+        setattr(
+            opts, key, json.loads(value) if key == "model_args" else type(getattr(opts, key))(value)
+        )
+    return opts
+
+
+def new_trainer(project: Project, args) -> Trainer:
+    torch.manual_seed(args.seed)
+    return Trainer(project, options=trainer_options(args))
+
+
+@torch.inference_mode()
+def evaluate(trainer: Trainer, heldout, num_classes: int) -> dict[str, Any]:
+    model, _ = trainer.live.current()
+    cm = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+    for _, image, gt in heldout:
+        pred = trainer.live.probabilities(image, model).argmax(0)
+        cm += confusion_matrix(pred, torch.from_numpy(gt.astype(np.int64)), num_classes)
+    s = scores(cm)
+    return {"miou": s["mean_iou"], "iou": s["iou"], "pixel_accuracy": s["pixel_accuracy"]}
+
+
+def interactive(data: dict[str, Any], args, tmp: Path, say) -> tuple[list, list]:
+    """The clicking session: rows of scores per round and the clicks (stem, round, indices)."""
+    project = new_project(tmp, data, "clicks")
+    trainer = new_trainer(project, args)
+    rows, clicks, wall, cpu = [], [], 0.0, 0.0
+    n = len(data["classes"])
+    try:
+        for r in range(args.clicks):
+            t0 = time.monotonic()
+            for stem, _, gt in data["pool"]:
+                pred = trainer.live.predict(stem, project)
+                found = next_click(
+                    gt, None if pred is None else pred.labels, project.mask(stem) != ERASE
+                )
+                if found is None:
+                    continue
+                index = click_disc(gt, *found, args.radius)
+                project.set_pixels(stem, index, gt.reshape(-1)[index])
+                clicks.append({"stem": stem, "round": r, "yx": found, "index": index})
+            c0 = time.thread_time()
+            trainer.train_for(args.round_seconds, clock=time.thread_time)
+            trainer.publish()
+            cpu += time.thread_time() - c0
+            wall += time.monotonic() - t0
+            row = {"clicks_per_image": r + 1, "clicks": len(clicks), "wall_s": round(wall, 2),
+                   "train_cpu_s": round(cpu, 2), "steps": trainer.steps,
+                   "labelled_pixels": int(project.class_counts().sum()),
+                   **evaluate(trainer, data["heldout"], n)}  # fmt: skip
+            rows.append(row)
+            say(f"  {data['name']} round {r + 1}: {row['clicks']} clicks, mIoU {row['miou']:.4f}, "
+                f"{row['steps']} steps, wall {wall:.0f} s")  # fmt: skip
+    finally:
+        project.close()
+    return rows, clicks
+
+
+def supervised(data: dict[str, Any], args, tmp: Path, say) -> list:
+    """The same trainer on the pool's dense masks for the same CPU time, scored along the way."""
+    project = new_project(tmp, data, "dense")
+    try:
+        for stem, _, gt in data["pool"]:
+            index = np.flatnonzero(gt.reshape(-1) != ERASE)
+            project.set_pixels(stem, index, gt.reshape(-1)[index])
+        trainer = new_trainer(project, args)
+        total = args.clicks * args.round_seconds
+        marks = sorted({total * f for f in (0.1, 0.25, 0.5, 0.75, 1.0)})
+        rows, cpu, wall, done = [], 0.0, 0.0, 0.0
+        for mark in marks:
+            t0, c0 = time.monotonic(), time.thread_time()
+            trainer.train_for(mark - done, clock=time.thread_time)
+            trainer.publish()
+            done = mark
+            cpu += time.thread_time() - c0
+            wall += time.monotonic() - t0
+            row = {"train_cpu_s": round(cpu, 2), "wall_s": round(wall, 2), "steps": trainer.steps,
+                   **evaluate(trainer, data["heldout"], len(data["classes"]))}  # fmt: skip
+            rows.append(row)
+            say(f"  {data['name']} supervised {cpu:.0f} s CPU: mIoU {row['miou']:.4f}")
+        return rows
+    finally:
+        project.close()
+
+
+# ---- the ilastik baseline -------------------------------------------------------------------
+
+
+def _eig2(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues (larger first) of the symmetric 2x2 matrices [[a, b], [b, c]]."""
+    mean = (a + c) / 2
+    root = np.sqrt(((a - c) / 2) ** 2 + b * b)
+    return mean + root, mean - root
+
+
+def ilastik_features(image: np.ndarray) -> np.ndarray:
+    """``(H, W, 48 * channels)`` float32: ilastik's filter bank at :data:`SCALES`."""
+    out = []
+    for ch in range(image.shape[2]):
+        img = image[:, :, ch].astype(np.float32)
+        for s in SCALES:
+            g = ndimage.gaussian_filter(img, s)
+            out += [
+                g,
+                ndimage.gaussian_laplace(img, s),
+                ndimage.gaussian_gradient_magnitude(img, s),
+            ]
+            out.append(g - ndimage.gaussian_filter(img, 0.66 * s))
+            gx = ndimage.gaussian_filter(img, s, order=(0, 1))
+            gy = ndimage.gaussian_filter(img, s, order=(1, 0))
+            outer = 0.5 * s
+            out += _eig2(ndimage.gaussian_filter(gx * gx, outer),
+                         ndimage.gaussian_filter(gx * gy, outer),
+                         ndimage.gaussian_filter(gy * gy, outer))  # fmt: skip
+            out += _eig2(ndimage.gaussian_filter(img, s, order=(0, 2)),
+                         ndimage.gaussian_filter(img, s, order=(1, 1)),
+                         ndimage.gaussian_filter(img, s, order=(2, 0)))  # fmt: skip
+    return np.stack(out, axis=-1).astype(np.float32)
+
+
+def random_forest(data: dict[str, Any], clicks: list, args, say) -> list:
+    """The forest trained on the clicks of the first k rounds, for k in ``--rf-at``."""
+    from sklearn.ensemble import RandomForestClassifier
+
+    t0 = time.monotonic()
+    xs, ys, rounds = [], [], []
+    for stem, image, gt in data["pool"]:
+        mine = [c for c in clicks if c["stem"] == stem]
+        if not mine:
+            continue
+        feats = ilastik_features(image).reshape(-1, 48 * image.shape[2])
+        for c in mine:
+            xs.append(feats[c["index"]])
+            ys.append(gt.reshape(-1)[c["index"]])
+            rounds.append(np.full(len(c["index"]), c["round"]))
+    features_s = time.monotonic() - t0
+    x, y, rnd = np.concatenate(xs), np.concatenate(ys), np.concatenate(rounds)
+    points = [k for k in args.rf_at if k <= args.clicks]
+    forests = {}
+    for k in points:
+        t1 = time.monotonic()
+        rf = RandomForestClassifier(n_estimators=100, n_jobs=1, random_state=args.seed)
+        keep = rnd < k
+        rf.fit(x[keep], y[keep])
+        forests[k] = (rf, time.monotonic() - t1, int(keep.sum()))
+    n = len(data["classes"])
+    cms = {k: torch.zeros(n, n, dtype=torch.int64) for k in points}
+    for _, image, gt in data["heldout"]:
+        feats = ilastik_features(image).reshape(-1, 48 * image.shape[2])
+        for k, (rf, _, _) in forests.items():
+            pred = np.zeros(len(feats), np.int64)
+            pred[:] = rf.classes_[rf.predict_proba(feats).argmax(1)]
+            cms[k] += confusion_matrix(torch.from_numpy(pred).reshape(gt.shape),
+                                       torch.from_numpy(gt.astype(np.int64)), n)  # fmt: skip
+    rows = []
+    for k in points:
+        s = scores(cms[k])
+        rows.append({"clicks_per_image": k, "labelled_pixels": forests[k][2],
+                     "fit_s": round(forests[k][1], 2), "pool_features_s": round(features_s, 1),
+                     "miou": s["mean_iou"], "iou": s["iou"],
+                     "pixel_accuracy": s["pixel_accuracy"]})  # fmt: skip
+        say(f"  {data['name']} random forest, {k} clicks/image: mIoU {s['mean_iou']:.4f}")
+    return rows
+
+
+# ---- one dataset, the table, the plot -------------------------------------------------------
+
+
+def run_dataset(name: str, args, say) -> dict[str, Any] | None:
+    data = LOADERS[name](args.images)
+    if data is None:
+        say(f"{name}: not found under {SHARED}; skipped")
+        return None
+    say(f"{name}: {len(data['pool'])} pool / {len(data['heldout'])} held-out images, "
+        f"classes {', '.join(data['classes'])}")  # fmt: skip
+    load_before = os.getloadavg()
+    tmp = Path(tempfile.mkdtemp(prefix=f"interactive-{name}-"))
+    try:
+        rows, clicks = interactive(data, args, tmp, say)
+        rf = random_forest(data, clicks, args, say)
+        sup = supervised(data, args, tmp, say)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    result = {
+        "dataset": name,
+        "classes": data["classes"],
+        "pool": [s for s, _, _ in data["pool"]],
+        "heldout": [s for s, _, _ in data["heldout"]],
+        "protocol": {"clicks_per_image": args.clicks, "round_cpu_seconds": args.round_seconds,
+                     "click_radius": args.radius, "threads": args.threads, "seed": args.seed,
+                     "trainer": {k: v for k, v in vars(trainer_options(args)).items()
+                                 if k not in ("threads", "device")}},
+        "load": {"cpus": os.cpu_count(), "loadavg_before": load_before,
+                 "loadavg_after": os.getloadavg(), "machine": platform.platform(),
+                 "torch": torch.__version__},
+        "pixelwise": rows,
+        "random_forest": rf,
+        "supervised": sup,
+    }  # fmt: skip
+    result["summary"] = summary(result)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"interactive_{name}.json").write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def summary(r: dict[str, Any]) -> dict[str, Any]:
+    last = r["pixelwise"][-1]
+    sup = r["supervised"][-1]
+    rf = {row["clicks_per_image"]: row["miou"] for row in r["random_forest"]}
+    px = {row["clicks_per_image"]: row["miou"] for row in r["pixelwise"]}
+    k = last["clicks_per_image"]
+    return {
+        "clicks_per_image": k,
+        "pixelwise_miou": last["miou"],
+        "random_forest_miou": rf.get(k),
+        "supervised_miou": sup["miou"],
+        "fraction_of_supervised": last["miou"] / sup["miou"],
+        "beats_forest_by_points": {str(c): 100 * (px[c] - rf[c]) for c in rf if c in px},
+    }
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    lines = [
+        "| dataset | clicks/image | labelled px/image | pixelwise mIoU | random forest mIoU | "
+        "supervised mIoU (same CPU time) | pixelwise / supervised | pixelwise - forest |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        rf = {row["clicks_per_image"]: row for row in r["random_forest"]}
+        sup = r["supervised"][-1]["miou"]
+        n = len(r["pool"])
+        for row in r["pixelwise"]:
+            k = row["clicks_per_image"]
+            if k not in rf:
+                continue
+            f = rf[k]["miou"]
+            lines.append(
+                f"| {r['dataset']} | {k} | {row['labelled_pixels'] / n:.0f} | {row['miou']:.3f} | "
+                f"{f:.3f} | {sup:.3f} | {row['miou'] / sup:.1%} | {100 * (row['miou'] - f):+.1f} |"
+            )
+    return "\n".join(lines)
+
+
+def plot(results: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, len(results), figsize=(4.2 * len(results), 7), squeeze=False)
+    for j, r in enumerate(results):
+        top, bottom = axes[0][j], axes[1][j]
+        px, rf, sup = r["pixelwise"], r["random_forest"], r["supervised"]
+        top.plot([p["clicks_per_image"] for p in px], [p["miou"] for p in px], "o-", ms=3,
+                 label="pixelwise (live trainer)")  # fmt: skip
+        top.plot([p["clicks_per_image"] for p in rf], [p["miou"] for p in rf], "s--",
+                 label="random forest (ilastik features)")  # fmt: skip
+        top.axhline(sup[-1]["miou"], color="k", ls=":", label="supervised, same CPU time")
+        top.set(title=r["dataset"], xlabel="clicks per image", ylabel="held-out mIoU")
+        bottom.plot([p["wall_s"] for p in px], [p["miou"] for p in px], "o-", ms=3,
+                    label="pixelwise (clicks + training)")  # fmt: skip
+        bottom.plot([p["wall_s"] for p in sup], [p["miou"] for p in sup], "k^:",
+                    label="supervised (training)")  # fmt: skip
+        bottom.set(xlabel="wall time (s)", ylabel="held-out mIoU")
+        for ax in (top, bottom):
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ---- latency under a training load ----------------------------------------------------------
+
+
+def gt_stroke(gt: np.ndarray, cls: int, radius: float, length: float, rng) -> list | None:
+    """A straight stroke inside class ``cls`` of ``gt`` (every point at least ``radius`` from
+    other classes), as image-coordinate points; None if none was found."""
+    inside = np.pad(gt == cls, 1)
+    dt = ndimage.distance_transform_edt(inside)[1:-1, 1:-1]
+    ys, xs = np.nonzero(dt >= radius + 1)
+    for _ in range(50):
+        if not len(ys):
+            return None
+        k = int(rng.integers(len(ys)))
+        y0, x0 = ys[k], xs[k]
+        angle = rng.uniform(0, 2 * np.pi)
+        pts = []
+        for t in np.linspace(0, length, max(2, int(length // 2))):
+            y, x = y0 + t * np.sin(angle), x0 + t * np.cos(angle)
+            iy, ix = int(round(y)), int(round(x))
+            if not (0 <= iy < gt.shape[0] and 0 <= ix < gt.shape[1]) or dt[iy, ix] < radius + 0.5:
+                break
+            pts.append([round(float(x) + 0.5, 2), round(float(y) + 0.5, 2)])
+        if len(pts) >= 2:
+            return pts
+    return None
+
+
+def serve(app) -> tuple[str, Any, threading.Thread]:
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    return f"http://127.0.0.1:{sock.getsockname()[1]}", server, thread
+
+
+def http(url: str, body: dict | None = None) -> tuple[int, bytes, dict]:
+    import urllib.request
+
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as res:
+        return res.status, res.read(), dict(res.headers)
+
+
+def _percentiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"n": 0}
+    a = np.asarray(values) * 1000
+    p50, p95 = (round(float(np.percentile(a, q)), 1) for q in (50, 95))
+    return {"n": len(values), "p50_ms": p50, "p95_ms": p95, "max_ms": round(float(a.max()), 1)}
+
+
+def latency(args, say) -> dict[str, Any]:
+    from pixelwise.label.app import create_label_app
+
+    data = load_isbi(args.images)
+    if data is None:
+        raise SystemExit(f"--latency needs ISBI 2012 under {SHARED}")
+    tmp = Path(tempfile.mkdtemp(prefix="interactive-latency-"))
+    images = tmp / "images"
+    images.mkdir()
+    for stem, image, _ in data["pool"]:
+        write_image(images / f"{stem}.png", image)
+    opts = TrainerOptions(threads=args.threads, device="cpu", publish_every=args.publish_every)
+    app = create_label_app(images, data["classes"], tmp / "project", options=opts)
+    url, server, thread = serve(app)
+    rng = np.random.default_rng(args.seed)
+    saves, refresh, stop = [], [], threading.Event()
+    open_stem = data["pool"][0][0]
+
+    def page_poller():  # what the page does: poll the status, fetch each new prediction
+        shown, last = 0, None
+        while not stop.is_set():
+            _, body, _ = http(f"{url}/api/status?name={open_stem}")
+            version = json.loads(body)["trainer"]["version"]
+            if version > shown:
+                http(f"{url}/api/prediction/{open_stem}")
+                now = time.monotonic()
+                if last is not None:
+                    refresh.append(now - last)
+                shown, last = version, now
+            stop.wait(args.poll)
+
+    poller = threading.Thread(target=page_poller, daemon=True)
+    try:
+        poller.start()
+        t_end = time.monotonic() + args.latency_seconds
+        while time.monotonic() < t_end:
+            stem, _, gt = data["pool"][int(rng.integers(len(data["pool"])))]
+            cls = int(rng.integers(2))
+            pts = gt_stroke(gt, cls, 2.0 if cls == 0 else 4.0, 30.0, rng)
+            if pts is None:
+                continue
+            stroke = {"class": cls, "radius": 2.0 if cls == 0 else 4.0, "points": pts}
+            t0 = time.monotonic()
+            status, _, _ = http(f"{url}/api/strokes", {"name": stem, "strokes": [stroke]})
+            saves.append(time.monotonic() - t0)
+            assert status == 200
+            time.sleep(args.stroke_pause)
+        trainer_status = app.state.label.trainer.status()
+    finally:
+        stop.set()
+        poller.join(30)
+        server.should_exit = True
+        thread.join(30)
+        app.state.label.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+    result = {
+        "stroke_to_saved": _percentiles(saves),
+        "prediction_refresh_interval": _percentiles(refresh),
+        "settings": {"publish_every_s": args.publish_every, "page_poll_s": args.poll,
+                     "stroke_pause_s": args.stroke_pause, "seconds": args.latency_seconds,
+                     "threads": args.threads, "image": "ISBI 512x512"},
+        "trainer": {k: trainer_status[k] for k in ("steps", "seconds", "version")},
+        "load": {"cpus": os.cpu_count(), "loadavg_after": os.getloadavg()},
+    }  # fmt: skip
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "interactive_latency.json").write_text(json.dumps(result, indent=1) + "\n")
+    say(json.dumps(result, indent=1))
+    return result
+
+
+# ---- the screenshot -------------------------------------------------------------------------
+
+
+def screenshot(args, say) -> None:
+    from pixelwise.label.app import create_label_app
+
+    data = load_isbi(args.images)
+    if data is None:
+        raise SystemExit(f"--screenshot needs ISBI 2012 under {SHARED}")
+    tmp = Path(tempfile.mkdtemp(prefix="interactive-shot-"))
+    images = tmp / "images"
+    images.mkdir()
+    for stem, image, _ in data["pool"]:
+        write_image(images / f"{stem}.png", image)
+    opts = TrainerOptions(threads=args.threads, device="cpu", publish_every=5.0)
+    app = create_label_app(images, data["classes"], tmp / "project", options=opts, log=say)
+    url, server, thread = serve(app)
+    rng = np.random.default_rng(args.seed)
+    try:
+        for stem, _, gt in data["pool"][1:4]:  # a few strokes on other slices, through the API
+            strokes = []
+            for cls, radius, n in ((0, 1.5, 8), (1, 5.0, 6)):
+                for _ in range(n):
+                    pts = gt_stroke(gt, cls, radius, 40.0, rng)
+                    if pts:
+                        strokes.append({"class": cls, "radius": radius, "points": pts})
+            http(f"{url}/api/strokes", {"name": stem, "strokes": strokes})
+        _shoot(url, data, rng, args, say)
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        app.state.label.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _shoot(url: str, data, rng, args, say) -> None:
+    from playwright.sync_api import sync_playwright
+
+    stem, _, gt = data["pool"][0]
+    chrome = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+              "--disable-component-update", "--disable-sync"]  # fmt: skip
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=chrome)
+        page = browser.new_page(viewport={"width": 1400, "height": 860})
+        page.goto(f"{url}/#{stem}")
+        page.wait_for_selector(f"#canvas[data-image='{stem}'][data-version='0']", timeout=60_000)
+        box = page.locator("#canvas").bounding_box()
+        for cls, radius, n in ((0, 1.5, 8), (1, 5.0, 6)):  # strokes drawn with the mouse
+            page.keyboard.press(str(cls + 1))
+            page.fill("#brush", str(int(2 * radius)))
+            page.dispatch_event("#brush", "input")
+            for _ in range(n):
+                pts = gt_stroke(gt, cls, radius, 40.0, rng)
+                if not pts:
+                    continue
+                screen = [
+                    page.evaluate(f"window.pixelwiseLabel.toScreen({x}, {y})") for x, y in pts
+                ]
+                page.mouse.move(box["x"] + screen[0][0], box["y"] + screen[0][1])
+                page.mouse.down()
+                for sx, sy in screen[1:]:
+                    page.mouse.move(box["x"] + sx, box["y"] + sy)
+                page.mouse.up()
+        page.wait_for_function("document.getElementById('canvas').dataset.pending === '0'")
+        say(f"strokes drawn; training for {args.shot_seconds:.0f} s")
+        time.sleep(args.shot_seconds)
+        page.wait_for_function("Number(document.getElementById('canvas').dataset.prediction) >= 1",
+                               timeout=120_000)  # fmt: skip
+        page.fill("#pred-opacity", "45")
+        page.dispatch_event("#pred-opacity", "input")
+        page.fill("#unc-opacity", "0")
+        page.dispatch_event("#unc-opacity", "input")
+        time.sleep(2.0)
+        out = Path(args.screenshot)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(out))
+        page.fill("#pred-opacity", "0")
+        page.dispatch_event("#pred-opacity", "input")
+        page.fill("#unc-opacity", "80")
+        page.dispatch_event("#unc-opacity", "input")
+        time.sleep(1.0)
+        page.screenshot(path=str(out.with_name(out.stem + "_uncertainty" + out.suffix)))
+        say(f"wrote {out} and its _uncertainty twin; trainer: {page.inner_text('#trainer')}")
+        browser.close()
+
+
+# ---- main -----------------------------------------------------------------------------------
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--datasets", default="isbi,drive,digits")
+    ap.add_argument("--images", type=int, default=10, help="pool images per dataset")
+    ap.add_argument("--clicks", type=int, default=20, help="clicks per image (rounds)")
+    ap.add_argument(
+        "--round-seconds", type=float, default=4.0, help="CPU seconds of training per round"
+    )
+    ap.add_argument("--radius", type=float, default=3.0, help="click disc radius (px)")
+    ap.add_argument(
+        "--rf-at", default="1,2,5,10,20", help="clicks per image where the forest is scored"
+    )
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--latency", action="store_true", help="measure the server under training load")
+    ap.add_argument("--latency-seconds", type=float, default=60.0)
+    ap.add_argument("--publish-every", type=float, default=5.0)
+    ap.add_argument("--poll", type=float, default=1.5, help="the page's status poll (s)")
+    ap.add_argument("--stroke-pause", type=float, default=0.3)
+    ap.add_argument("--screenshot", help="write the page, trained on ISBI strokes, to this PNG")
+    ap.add_argument("--shot-seconds", type=float, default=120.0)
+    ap.add_argument("--out", type=Path, default=RESULTS, help="folder of the JSON and PNG")
+    ap.add_argument("--report", action="store_true", help="only redo the table and plot")
+    ap.add_argument("--set", action="append", default=[], help="TrainerOptions KEY=VALUE")
+    args = ap.parse_args()
+    args.rf_at = [int(v) for v in args.rf_at.split(",")]
+    torch.set_num_threads(args.threads)
+
+    def say(msg: str) -> None:
+        print(msg, flush=True)
+
+    say(
+        f"load: {os.cpu_count()} CPUs, load average {os.getloadavg()}, torch threads {args.threads}"
+    )
+    if args.latency:
+        latency(args, say)
+        return
+    if args.screenshot:
+        screenshot(args, say)
+        return
+    if not args.report:
+        for name in args.datasets.split(","):
+            run_dataset(name.strip(), args, say)
+    results = [  # every dataset measured so far, in a fixed order
+        json.loads((args.out / f"interactive_{n}.json").read_text())
+        for n in LOADERS
+        if (args.out / f"interactive_{n}.json").is_file()
+    ]
+    if not results:
+        return
+    say(table(results))
+    for r in results:
+        say(f"{r['dataset']}: {json.dumps(r['summary'])}")
+    plot(results, args.out / "interactive_curves.png")
+    if args.out == RESULTS:
+        shutil.copyfile(args.out / "interactive_curves.png", ROOT / "docs/images/label_curves.png")
+
+
+if __name__ == "__main__":
+    main()

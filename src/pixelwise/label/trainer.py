@@ -1,0 +1,526 @@
+"""The live model of a labeling project: a background trainer and the published model.
+
+:class:`Trainer` fine-tunes a model on the labelled pixels of the project only (the masked
+cross-entropy of :func:`pixelwise.losses.pixel_cross_entropy`: 255 = unlabelled carries no loss),
+from scratch (a small ``unet_same``) or from a ``--run``, in its own thread so the page never
+waits for it. Every ``publish_every`` seconds of training it publishes a checkpoint as a normal
+run directory, ``PROJECT/run/`` (``config.json`` + ``last``/``best`` ``.safetensors`` and
+``.json``), which ``pixelwise predict``, ``evaluate``, ``export`` and ``serve`` read as any run,
+and hands a copy of the weights to :class:`LiveModel`, which answers the page: the prediction of
+an image with its per-pixel entropy, and the uncertainty score (mean entropy) of each unlabelled
+image that orders "next".
+
+Batches: crops of ``crop`` pixels, each around a labelled pixel drawn uniformly from a labelled
+image drawn uniformly (so each crop carries loss), flipped left-right at random; classes are
+weighted by the inverse square root of their labelled pixels (a class drawn with a few strokes
+is not drowned by one drawn with many). What is published is an exponential moving average of
+the weights (decay ``ema``, 0.95: about the last 20 steps), which keeps the page's prediction
+from flickering between checkpoints (and scored a little higher in ``bench/interactive.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pixelwise import __version__
+from pixelwise.data.classes import ClassInfo
+from pixelwise.data.transforms import default_normalization
+from pixelwise.errors import ConfigError
+from pixelwise.files import write_json
+from pixelwise.label.project import ERASE, LabelError, Project
+from pixelwise.losses import pixel_cross_entropy
+from pixelwise.models import build
+from pixelwise.predict import Segmenter, forward_full, resolve_device
+from pixelwise.runs import RUN_FORMAT, load_run, publish_checkpoint, save_checkpoint
+
+__all__ = ["LiveModel", "Prediction", "Trainer", "TrainerOptions", "mean_entropy"]
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class TrainerOptions:
+    """How the live model trains. The defaults suit a CPU: a U-Net of 8-16-32 channels (64 at
+    the bottom), about 0.13 s per step of 4 crops of 128 pixels on one core."""
+
+    model: str = "unet_same"
+    model_args: dict[str, Any] = field(default_factory=lambda: {"depth": 3, "base_width": 8})
+    width: float = 1.0
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    batch_size: int = 4
+    crop: int = 128
+    hflip: bool = True
+    rotate90: bool = False  # also vertical flips and quarter turns (orientation-free images)
+    jitter: float = 0.0  # random contrast x(1 +- jitter) and brightness +-jitter (of 255)
+    balance: bool = True  # weigh classes by 1 / sqrt(their labelled pixels)
+    ema: float = 0.95  # publish an exponential moving average of the weights (0: the weights)
+    publish_every: float = 5.0  # seconds of training between checkpoints
+    score_seconds: float = 1.0  # after each checkpoint: time spent scoring unlabelled images
+    score_pixels: int = 1_000_000  # larger images are scored shrunk to about this many pixels
+    tile: int = 1024  # predictions of images over this side go tile by tile
+    threads: int | None = None  # torch threads (None: torch's default)
+    device: str = "auto"
+    seed: int = 0
+
+
+@dataclass
+class Prediction:
+    """The live model's view of one image: ``labels`` (argmax), ``entropy`` (uint8, 255 = the
+    entropy of a uniform guess, ``log(num_classes)``) and ``confidence`` (max probability)."""
+
+    version: int
+    labels: np.ndarray
+    entropy: np.ndarray
+    confidence: np.ndarray
+
+
+def mean_entropy(probs: torch.Tensor) -> torch.Tensor:
+    """Per-pixel entropy of ``probs (C, H, W)`` divided by ``log C`` (0: certain, 1: uniform)."""
+    c = probs.shape[0]
+    ent = -(probs * probs.clamp_min(1e-12).log()).sum(0)
+    return ent / math.log(c) if c > 1 else ent * 0
+
+
+class LiveModel:
+    """The latest published weights, shared by the page's requests (thread-safe)."""
+
+    def __init__(self, classes: ClassInfo, mean, std, in_channels: int, tile: int, device):
+        self.classes = classes
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.in_channels = in_channels
+        self.tile = tile
+        self.device = device
+        self.version = 0
+        self.model: torch.nn.Module | None = None
+        self.published_at: float | None = None
+        self.scores: dict[str, tuple[float, int]] = {}  # stem -> (mean entropy, version)
+        self._cache: OrderedDict[tuple[str, int], Prediction] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def swap(self, model: torch.nn.Module) -> int:
+        """Publish ``model`` (eval mode, owned by this object from now on); the new version."""
+        model.eval()
+        with self._lock:
+            self.model = model
+            self.version += 1
+            self.published_at = time.time()
+            self._cache.clear()
+            return self.version
+
+    def current(self) -> tuple[torch.nn.Module | None, int]:
+        with self._lock:
+            return self.model, self.version
+
+    @torch.inference_mode()
+    def probabilities(self, image: np.ndarray, model: torch.nn.Module) -> torch.Tensor:
+        """Softmax ``(C, H, W)`` of ``image`` (tiled when it is large)."""
+        seg = Segmenter(model, self.classes, self.mean, self.std, self.in_channels, self.device)
+        tile = self.tile if max(image.shape[:2]) > self.tile else None
+        return torch.softmax(seg.logits(image, tile=tile).float(), 0).cpu()
+
+    def predict(self, stem: str, project: Project) -> Prediction | None:
+        """The prediction of image ``stem`` under the current weights (cached); None before the
+        first checkpoint."""
+        model, version = self.current()
+        if model is None:
+            return None
+        with self._lock:
+            hit = self._cache.get((stem, version))
+        if hit is not None:
+            return hit
+        probs = self.probabilities(project.image(stem, self.in_channels), model)
+        conf, labels = probs.max(0)
+        ent = mean_entropy(probs)
+        pred = Prediction(
+            version,
+            labels.to(torch.uint8).numpy(),
+            (ent * 255).round().clamp(0, 255).to(torch.uint8).numpy(),
+            conf.numpy(),
+        )
+        self.scores[stem] = (float(ent.mean()), version)
+        with self._lock:
+            self._cache[(stem, version)] = pred
+            while len(self._cache) > 8:
+                self._cache.popitem(last=False)
+        return pred
+
+    def score(self, stem: str, project: Project, max_pixels: int) -> float:
+        """Mean normalised entropy of ``stem`` (the image shrunk to about ``max_pixels``)."""
+        model, version = self.current()
+        if model is None:
+            raise RuntimeError("no model published yet")
+        image = project.image(stem, self.in_channels)
+        h, w = image.shape[:2]
+        if h * w > max_pixels:
+            from pixelwise.predict import resize_image
+
+            f = math.sqrt(max_pixels / (h * w))
+            image = resize_image(image, (max(8, round(w * f)), max(8, round(h * f))))
+        value = float(mean_entropy(self.probabilities(image, model)).mean())
+        self.scores[stem] = (value, version)
+        return value
+
+
+class Trainer:
+    """Trains the project's model in a background thread (:meth:`start`, :meth:`stop`), or in
+    the caller's thread with :meth:`train_for` + :meth:`publish` (the benchmark does)."""
+
+    def __init__(
+        self,
+        project: Project,
+        *,
+        run: str | Path | None = None,
+        out: str | Path | None = None,
+        options: TrainerOptions | None = None,
+        log: Log | None = None,
+    ) -> None:
+        self.project = project
+        self.options = opts = options or TrainerOptions()
+        self.say = log or (lambda _m: None)
+        self.out = Path(out) if out is not None else project.root / "run"
+        self.device = resolve_device(opts.device)
+        self.model, self.spec, norm, origin = _initial_model(project, run, self.out, opts)
+        self.model.to(self.device)
+        self.mean, self.std = norm
+        self.channels = int(self.spec["kwargs"].get("in_channels", 3))
+        self.origin = origin
+        self.continued = (self.out / "last.safetensors").is_file()
+        self.live = LiveModel(
+            project.classes, self.mean, self.std, self.channels, opts.tile, self.device
+        )
+        self.averaged = None
+        if opts.ema > 0:
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+            self.averaged = AveragedModel(
+                self.model, multi_avg_fn=get_ema_multi_avg_fn(opts.ema), use_buffers=True
+            )
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=opts.lr, weight_decay=opts.weight_decay)
+        self.rng = np.random.default_rng(opts.seed)
+        self.steps = 0
+        self.seconds = 0.0  # training time so far
+        self.losses: list[float] = []
+        self.last_loss: float | None = None
+        self.error: str | None = None
+        self.state = "idle"
+        self._data: dict[str, tuple[int, np.ndarray, np.ndarray]] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._config_images = -1
+        if origin != "new model" or self.continued:  # predictions before any new stroke
+            self.live.swap(copy.deepcopy(self.model))
+        how = "continued" if self.continued else "from now on"
+        self.say(f"model: {self.spec['name']} {self.spec['kwargs']}, {origin}; {how} in {self.out}")
+
+    # -- the thread ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="pixelwise-label-trainer")
+        self._thread.daemon = True
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        self.project.changed.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        self.state = "stopped"
+
+    def _loop(self) -> None:
+        if self.options.threads:
+            torch.set_num_threads(self.options.threads)
+        while not self._stop.is_set():
+            try:
+                if not self.project.labelled_stems():
+                    self.state = "waiting"
+                    self.project.changed.wait(0.5)
+                    self.project.changed.clear()
+                    continue
+                self.state = "training"
+                self.train_for(self.options.publish_every, stop=self._stop)
+                if self.steps and not self._stop.is_set():
+                    self.publish()
+                    self.score_unlabelled(self.options.score_seconds)
+                self.error = None
+            except Exception as err:  # keep the page alive; say what went wrong, retry
+                self.error = f"training stopped for a moment: {type(err).__name__}: {err}"
+                self.state = "error"
+                self.say(self.error)
+                self._stop.wait(5.0)
+
+    # -- training ------------------------------------------------------------------------------
+
+    def train_for(
+        self,
+        seconds: float,
+        clock: Callable[[], float] = time.monotonic,
+        stop: threading.Event | None = None,
+    ) -> int:
+        """Optimisation steps until ``seconds`` of ``clock`` have passed (at least one step
+        when anything is labelled); the number of steps."""
+        start, steps = clock(), 0
+        weights = self._class_weights()
+        t0 = time.monotonic()
+        while steps == 0 or clock() - start < seconds:
+            if stop is not None and stop.is_set():
+                break
+            batch = self._batch()
+            if batch is None:
+                break
+            self._step(*batch, weights)
+            steps += 1
+        self.seconds += time.monotonic() - t0
+        return steps
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor, weights: torch.Tensor) -> None:
+        self.model.train()
+        logits = forward_full(self.model, x.to(self.device))
+        loss = pixel_cross_entropy(logits, y.to(self.device), class_weights=weights.to(self.device))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        if self.averaged is not None:
+            self.averaged.update_parameters(self.model)
+        self.steps += 1
+        self.losses.append(float(loss.detach()))
+
+    def _class_weights(self) -> torch.Tensor:
+        counts = self.project.class_counts().astype(np.float64)
+        if not self.options.balance:
+            return torch.ones(len(counts), dtype=torch.float32)
+        present = counts > 0
+        w = np.zeros_like(counts)
+        w[present] = 1.0 / np.sqrt(counts[present])
+        if present.any():
+            w[present] /= w[present].mean()
+        w[~present] = 1.0
+        return torch.tensor(w, dtype=torch.float32)
+
+    def _sample_data(self, stem: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """(mask, flat indices of its labelled pixels) of ``stem``, refreshed on a new version."""
+        entry = self.project.entries[stem]
+        have = self._data.get(stem)
+        if have is not None and have[0] == entry.version:
+            return have[1], have[2]
+        mask, version = self.project.mask_with_version(stem)
+        index = np.flatnonzero(mask.reshape(-1) != ERASE)
+        if not len(index):
+            self._data.pop(stem, None)
+            return None
+        self._data[stem] = (version, mask, index)
+        return mask, index
+
+    def _batch(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """One batch of crops around labelled pixels; None when nothing is labelled."""
+        from pixelwise.data.transforms import to_tensor
+
+        stems = self.project.labelled_stems()
+        size, xs, ys = self.options.crop, [], []
+        tries = 0
+        while len(xs) < self.options.batch_size and stems and tries < 4 * self.options.batch_size:
+            tries += 1
+            stem = stems[int(self.rng.integers(len(stems)))]
+            try:
+                found = self._sample_data(stem)
+                if found is None:
+                    continue
+                image = self.project.image(stem, self.channels)
+            except LabelError:  # gone or corrupt since: skip it
+                continue
+            mask, index = found
+            image, crop_mask = _crop_around(image, mask, index, size, self.rng)
+            image, crop_mask = self._augment(image, crop_mask)
+            xs.append(to_tensor(np.ascontiguousarray(image), self.mean, self.std))
+            ys.append(torch.from_numpy(crop_mask.astype(np.int64)))
+        if not xs:
+            return None
+        return torch.stack(xs), torch.stack(ys)
+
+    def _augment(self, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        opts, rng = self.options, self.rng
+        if opts.hflip and rng.random() < 0.5:
+            image, mask = image[:, ::-1], mask[:, ::-1]
+        if opts.rotate90:
+            k = int(rng.integers(4))
+            image, mask = np.rot90(image, k), np.rot90(mask, k)
+        if opts.jitter > 0:
+            gain = 1 + rng.uniform(-opts.jitter, opts.jitter)
+            shift = 255 * rng.uniform(-opts.jitter, opts.jitter)
+            mean = image.mean()
+            image = np.clip((image - mean) * gain + mean + shift, 0, 255).astype(np.uint8)
+        return image, mask
+
+    # -- publishing ----------------------------------------------------------------------------
+
+    def publish(self) -> int:
+        """Write ``RUN/last`` and ``RUN/best`` (the same weights) and hand a copy to the live
+        model; the new version."""
+        labelled = self.project.labelled_stems()
+        recent = self.losses[-50:]
+        self.last_loss = float(np.mean(recent)) if recent else None
+        info = {
+            "epoch": self.live.version + 1,  # one "epoch" per checkpoint
+            "step": self.steps,
+            "train_loss": self.last_loss,
+            "train_seconds": round(self.seconds, 3),
+            "labelled_images": len(labelled),
+            "labelled_pixels": int(self.project.class_counts().sum()),
+            "pixelwise": __version__,
+        }
+        self.out.mkdir(parents=True, exist_ok=True)
+        if len(labelled) != self._config_images:
+            write_json(self.out / "config.json", self.run_config(len(labelled)))
+            self._config_images = len(labelled)
+        model = self.model if self.averaged is None else self.averaged.module
+        last = save_checkpoint(self.out, "last", model, info)
+        publish_checkpoint(self.out, "best", last, info)
+        return self.live.swap(copy.deepcopy(model))
+
+    def run_config(self, labelled_images: int) -> dict[str, Any]:
+        """``RUN/config.json``: what ``load_run`` needs, and a ``train`` section that
+        ``pixelwise train --config`` would accept for the same model."""
+        from pixelwise.training.config import TrainConfig
+
+        opts = self.options
+        kwargs = {k: v for k, v in self.spec["kwargs"].items() if k not in ("in_channels",)}
+        width = kwargs.pop("width", opts.width)
+        train = TrainConfig(
+            data=str(self.project.root),
+            out=str(self.out),
+            model=self.spec["name"],
+            width=width,
+            model_args=kwargs,
+            batch_size=opts.batch_size,
+            lr=opts.lr,
+            optimizer="adamw",
+            weight_decay=opts.weight_decay,
+            schedule="constant",
+            crop_size=opts.crop,
+            hflip=opts.hflip,
+            channels=self.channels,
+            seed=opts.seed,
+            overlays=0,
+        ).to_dict()
+        return {
+            "format": "pixelwise-run",
+            "version": RUN_FORMAT,
+            "pixelwise": __version__,
+            "model": dict(self.spec),
+            "classes": self.project.classes.to_dict(),
+            "normalization": {"mean": list(self.mean), "std": list(self.std)},
+            "train": train,
+            "data": {"train_images": labelled_images, "val_images": 0},
+            "class_weights": None,
+            "label": {"project": str(self.project.root), "origin": self.origin},
+        }
+
+    # -- uncertainty ---------------------------------------------------------------------------
+
+    def score_unlabelled(self, seconds: float) -> int:
+        """Score unlabelled images (the least recently scored first) for about ``seconds``."""
+        _, version = self.live.current()
+        start, done = time.monotonic(), 0
+        todo = [s for s in self.project.order if self.project.entries[s].labelled == 0]
+        todo.sort(key=lambda s: self.live.scores.get(s, (0.0, -1))[1])
+        for stem in todo:
+            if time.monotonic() - start > seconds or self._stop.is_set():
+                break
+            if self.live.scores.get(stem, (0.0, -1))[1] == version:
+                break  # everything is scored under this version
+            with contextlib.suppress(LabelError):
+                self.live.score(stem, self.project, self.options.score_pixels)
+                done += 1
+        return done
+
+    def status(self) -> dict[str, Any]:
+        scored = sum(1 for _, v in self.live.scores.values() if v == self.live.version)
+        return {
+            "state": self.state,
+            "version": self.live.version,
+            "steps": self.steps,
+            "loss": self.last_loss,
+            "seconds": round(self.seconds, 1),
+            "published_at": self.live.published_at,
+            "error": self.error,
+            "scored": scored,
+            "origin": self.origin,
+            "run": str(self.out),
+        }
+
+
+def _crop_around(
+    image: np.ndarray, mask: np.ndarray, index: np.ndarray, size: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """A ``size x size`` crop of ``image``/``mask`` holding a random labelled pixel at a random
+    place (images smaller than ``size`` are padded: edge pixels, mask 255)."""
+    h, w = mask.shape
+    width = w  # the labelled pixels' flat indices are over the unpadded mask
+    if h < size or w < size:
+        ph, pw = max(0, size - h), max(0, size - w)
+        image = np.pad(image, ((0, ph), (0, pw), (0, 0)), mode="edge")
+        mask = np.pad(mask, ((0, ph), (0, pw)), constant_values=ERASE)
+        h, w = mask.shape
+    y, x = divmod(int(index[int(rng.integers(len(index)))]), width)
+    top = int(np.clip(y - rng.integers(size), 0, h - size))
+    left = int(np.clip(x - rng.integers(size), 0, w - size))
+    return image[top : top + size, left : left + size], mask[top : top + size, left : left + size]
+
+
+def _initial_model(project: Project, run, out: Path, opts: TrainerOptions):
+    """(model, spec, (mean, std), origin) to start from: the project's own run directory if it
+    holds weights (continue), else ``run`` (fine-tune), else a new model."""
+    classes = project.classes
+    if out.exists() and any(out.iterdir()) and not (out / "config.json").is_file():
+        raise ConfigError(f"{out}: exists and is not a pixelwise run; move it away")
+    have_own = (out / "config.json").is_file() and (out / "last.safetensors").is_file()
+    source = out if have_own else (Path(run) if run is not None else None)
+    if have_own and run is not None and Path(run).resolve() != out.resolve():
+        recorded = _recorded_origin(out)
+        if f"run {Path(run)}" not in recorded:
+            raise ConfigError(
+                f"--run {run}: the project already has its own model ({out}, {recorded}); "
+                "drop --run to continue it, or delete that folder to start again from --run"
+            )
+    if source is None:
+        mean, std = default_normalization(project.channels)
+        kwargs = {"in_channels": project.channels, "width": opts.width, **opts.model_args}
+        model = build(opts.model, classes.num_classes, **kwargs)
+        spec = {"name": opts.model, "num_classes": classes.num_classes, "kwargs": kwargs}
+        return model, spec, (mean, std), "new model"
+    loaded = load_run(source, "last" if have_own else "best")
+    if tuple(loaded.classes.names) != tuple(classes.names):
+        option = f"{out}" if have_own else f"--run {run}"
+        raise ConfigError(
+            f"{option}: its classes ({','.join(loaded.classes.names)}) differ from the "
+            f"project's ({','.join(classes.names)}); label with the same classes, or "
+            + ("delete that folder to start a new model" if have_own else "drop --run")
+        )
+    origin = _recorded_origin(out) if have_own else f"fine-tuned from run {source}"
+    return loaded.model, dict(loaded.config["model"]), (loaded.mean, loaded.std), origin
+
+
+def _recorded_origin(out: Path) -> str:
+    import json
+
+    try:
+        return str(json.loads((out / "config.json").read_text()).get("label", {}).get("origin"))
+    except (OSError, ValueError, AttributeError):
+        return "unknown origin"

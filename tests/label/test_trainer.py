@@ -1,0 +1,210 @@
+"""The live trainer: masked loss on the labelled pixels, checkpoints as a normal run directory."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from pixelwise.data.io import write_image
+from pixelwise.errors import ConfigError
+from pixelwise.label.project import ERASE, Project, Stroke
+from pixelwise.label.trainer import Trainer, TrainerOptions, mean_entropy
+from pixelwise.predict import Segmenter
+from pixelwise.runs import load_run, read_config
+
+FAST = dict(
+    model_args={"depth": 2, "base_width": 4},
+    crop=32,
+    batch_size=2,
+    publish_every=0.2,
+    score_seconds=0.5,
+    threads=1,
+    device="cpu",
+    lr=1e-2,
+)
+
+
+def halves(folder, n=3, size=(32, 48)):
+    """Images dark on the left half, bright on the right (with noise)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1)
+    h, w = size
+    for i in range(n):
+        img = np.where(np.arange(w)[None, :] < w // 2, 40, 210).astype(np.int16)
+        img = np.broadcast_to(img, (h, w)) + rng.integers(-20, 20, (h, w))
+        write_image(folder / f"h{i}.png", np.clip(img, 0, 255).astype(np.uint8))
+    return folder
+
+
+def label_halves(project, stem="h0"):
+    project.apply(
+        stem,
+        [
+            Stroke(0, 3.0, ((6.0, 4.0), (6.0, 28.0))),
+            Stroke(1, 3.0, ((40.0, 4.0), (40.0, 28.0))),
+        ],
+    )
+
+
+def test_trains_on_labelled_pixels_and_publishes_a_normal_run(tmp_path):
+    images = halves(tmp_path / "in")
+    project = Project.open(images, "dark,bright", tmp_path / "proj")
+    try:
+        trainer = Trainer(project, options=TrainerOptions(**FAST))
+        assert trainer.live.predict("h1", project) is None  # nothing published yet
+        assert project.channels == 1
+        label_halves(project)
+        torch.manual_seed(0)
+        for _ in range(6):
+            trainer.train_for(0, clock=lambda: 0.0)  # one step each
+        steps = trainer.train_for(1.0)
+        assert steps >= 1 and trainer.steps == 6 + steps
+        version = trainer.publish()
+        assert version == 1
+        run = tmp_path / "proj" / "run"
+        config = read_config(run)
+        assert config["classes"]["names"] == ["dark", "bright"]
+        assert config["model"]["kwargs"]["in_channels"] == 1
+        loaded = load_run(run)
+        assert loaded.info["step"] == trainer.steps
+        seg = Segmenter.from_run(run, device="cpu")
+        image = seg.read(images / "h1.png")
+        mask = seg.predict(image)
+        assert mask.shape == (32, 48)
+        pred = trainer.live.predict("h1", project)
+        assert pred.version == 1 and pred.labels.shape == (32, 48)
+        np.testing.assert_array_equal(pred.labels, mask)
+        assert pred.entropy.dtype == np.uint8 and pred.confidence.max() <= 1.0
+        assert trainer.score_unlabelled(5.0) == 1  # h2 (h1 was scored by its prediction)
+        assert set(trainer.live.scores) >= {"h1", "h2"}
+    finally:
+        project.close()
+
+
+def test_learns_the_two_halves_from_two_strokes(tmp_path):
+    images = halves(tmp_path / "in", size=(48, 96))
+    project = Project.open(images, "dark,bright", tmp_path / "proj")
+    try:
+        torch.manual_seed(0)
+        trainer = Trainer(project, options=TrainerOptions(**FAST))
+        project.apply(
+            "h0",
+            [
+                Stroke(0, 3.0, ((14.0, 6.0), (30.0, 40.0))),
+                Stroke(1, 3.0, ((66.0, 6.0), (80.0, 40.0))),
+            ],
+        )
+        for _ in range(40):
+            trainer.train_for(0, clock=lambda: 0.0)
+        trainer.publish()
+        pred = trainer.live.predict("h2", project)  # an image without a stroke
+        truth = np.broadcast_to(np.arange(96)[None, :] >= 48, (48, 96))
+        assert (pred.labels == truth).mean() > 0.9
+    finally:
+        project.close()
+
+
+def test_background_thread_publishes_and_stops(tmp_path):
+    images = halves(tmp_path / "in")
+    project = Project.open(images, "dark,bright", tmp_path / "proj")
+    trainer = Trainer(project, options=TrainerOptions(**FAST))
+    try:
+        trainer.start()
+        time.sleep(0.3)
+        assert trainer.status()["state"] == "waiting" and trainer.live.version == 0
+        label_halves(project)
+        deadline = time.monotonic() + 60
+        while trainer.live.version < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert trainer.live.version >= 2, trainer.status()
+        assert trainer.status()["error"] is None
+    finally:
+        trainer.stop()
+        project.close()
+    assert trainer.status()["state"] == "stopped"
+
+
+def test_fine_tune_from_a_run_and_continue_the_project_model(tmp_path):
+    images = halves(tmp_path / "in")
+    first = Project.open(images, "dark,bright", tmp_path / "p1")
+    try:
+        trainer = Trainer(first, options=TrainerOptions(**FAST))
+        label_halves(first)
+        trainer.train_for(0, clock=lambda: 0.0)
+        trainer.publish()
+    finally:
+        first.close()
+    source = tmp_path / "p1" / "run"
+
+    second = Project.open(images, "dark,bright", tmp_path / "p2")
+    try:
+        tuned = Trainer(second, run=source, options=TrainerOptions(**FAST))
+        assert "fine-tuned from run" in tuned.origin
+        assert tuned.live.version == 1  # the run's weights predict at once
+        assert tuned.live.predict("h0", second).labels.shape == (32, 48)
+        label_halves(second, "h1")
+        tuned.train_for(0, clock=lambda: 0.0)
+        tuned.publish()
+        assert "fine-tuned from run" in read_config(tmp_path / "p2" / "run")["label"]["origin"]
+    finally:
+        second.close()
+
+    again = Project.open(images, None, tmp_path / "p2")
+    try:
+        logs = []
+        cont = Trainer(again, options=TrainerOptions(**FAST), log=logs.append)
+        assert cont.continued and cont.live.version == 1
+        assert any("continued" in line for line in logs)
+        with pytest.raises(ConfigError, match=r"already has its own model"):
+            Trainer(again, run=tmp_path / "p1" / "run2", options=TrainerOptions(**FAST))
+    finally:
+        again.close()
+
+    third = Project.open(images, "sky,ground", tmp_path / "p3")
+    try:
+        with pytest.raises(ConfigError, match=r"--run .*dark,bright.*differ.*sky,ground"):
+            Trainer(third, run=source, options=TrainerOptions(**FAST))
+    finally:
+        third.close()
+
+
+def test_entropy_is_normalised():
+    uniform = torch.full((4, 2, 2), 0.25)
+    assert torch.allclose(mean_entropy(uniform), torch.ones(2, 2))
+    sure = torch.zeros(4, 2, 2)
+    sure[1] = 1
+    assert torch.allclose(mean_entropy(sure), torch.zeros(2, 2), atol=1e-6)
+
+
+def test_crops_hold_labelled_pixels(tmp_path):
+    images = halves(tmp_path / "in", n=1, size=(20, 24))  # smaller than the crop: padded
+    project = Project.open(images, "dark,bright", tmp_path / "proj")
+    try:
+        trainer = Trainer(project, options=TrainerOptions(**FAST))
+        project.apply("h0", [Stroke(1, 1.0, ((20.0, 10.0),))])
+        x, y = trainer._batch()
+        assert x.shape == (2, 1, 32, 32) and y.shape == (2, 32, 32)
+        assert ((y != ERASE).sum(dim=(1, 2)) > 0).all()
+    finally:
+        project.close()
+
+
+def test_augmentations_keep_image_and_labels_aligned(tmp_path):
+    images = halves(tmp_path / "in", n=1, size=(40, 40))
+    project = Project.open(images, "dark,bright", tmp_path / "proj")
+    try:
+        opts = TrainerOptions(**{**FAST, "rotate90": True, "jitter": 0.2, "crop": 40})
+        trainer = Trainer(project, options=opts)
+        label_halves(project)  # dark stroke at x=6, bright stroke at x=40 (clipped)
+        image = project.image("h0", 1)
+        mask = project.mask("h0")
+        for _ in range(20):
+            out, labels = trainer._augment(image, mask)
+            # dark labelled pixels stay dark, bright ones bright, whatever the turn
+            assert out[labels == 0].mean() < 128 < out[labels == 1].mean()
+            assert (labels != ERASE).sum() == (mask != ERASE).sum()
+    finally:
+        project.close()
