@@ -129,3 +129,19 @@ def test_heatmap_and_export_refuse_outputs_over_inputs(run_dir, tmp_path, capsys
     assert json.loads((run_dir / "config.json").read_text())["format"] == "pixelwise-run"
     code = main(["-q", "data", "weights", str(tmp_path / "in"), "--out", str(tmp_path / "in")])
     assert code == 2
+
+
+def test_label_command_bad_inputs_are_one_line(tmp_path, capsys):
+    """``pixelwise label``: a missing folder, a folder without images, duplicate classes."""
+    code = main(["label", str(tmp_path / "none"), "--classes", "a,b", "--out", str(tmp_path / "p")])
+    assert code == 2 and len(_err_lines(capsys)) == 1
+    (tmp_path / "empty").mkdir()
+    code = main(
+        ["label", str(tmp_path / "empty"), "--classes", "a,b", "--out", str(tmp_path / "p")]
+    )
+    assert code == 2 and len(_err_lines(capsys)) == 1
+    photos = tmp_path / "photos"
+    messy.save(photos / "p0.png", messy.image_for(messy.clean_mask(0), 0))
+    code = main(["label", str(photos), "--classes", "a,a", "--out", str(tmp_path / "p")])
+    err = _err_lines(capsys)
+    assert code == 2 and len(err) == 1 and "a" in err[0], err

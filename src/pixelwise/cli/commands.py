@@ -290,3 +290,25 @@ def cmd_data_fix(args: argparse.Namespace) -> int:
     print(report.summary())
     print(f"next: pixelwise data check {args.out}")
     return 0
+
+
+def cmd_label(args: argparse.Namespace) -> int:
+    try:
+        from pixelwise.label.app import run_label_server
+    except ImportError as err:
+        raise ConfigError(
+            f"pixelwise label needs starlette and uvicorn ({err}); "
+            "install them with: pip install 'pixelwise[serve]'"
+        ) from None
+    run_label_server(
+        args.images,
+        args.classes,
+        args.out,
+        run=args.run,
+        host=args.host,
+        port=args.port,
+        log=log,
+        threads=args.engine_threads,
+        device=args.device,
+    )
+    return 0

@@ -343,6 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
         add(sub)
     _add_serve(sub)
     _add_plan(sub)
+    _add_label(sub)
     _add_data_commands(sub)
     _add_models(sub)
     return p
@@ -468,3 +469,31 @@ def _add_plan(sub: Any) -> None:
          help="dataset layout (auto: detected from the folder names)")  # fmt: skip
     g.add_argument("--label-map", metavar="FROM:TO,...", help="renumber mask values")
     g.add_argument("--mask-threshold", type=int, metavar="T", help="binarise lossy masks at T")
+
+
+def _add_label(sub: Any) -> None:
+    p = _command(
+        sub,
+        "label",
+        commands.cmd_label,
+        help="a labeling page: strokes train a model live, uncertain images first",
+        description="Start a local labeling page for the images of IMAGES (docs/labeling.md): "
+        "brush strokes per class are saved at once to OUT/masks/ (255 = unlabelled), a model "
+        "trains on the labelled pixels in the background and shows its prediction and its "
+        "uncertainty, 'next' opens the most uncertain image. OUT is a dataset (images/, "
+        "masks/, classes.txt) that train, evaluate and data check take as it is, and OUT/run "
+        "is a run directory. Needs pip install 'pixelwise[serve]'.",
+    )
+    p.add_argument("images", metavar="IMAGES", help="folder of images to label")
+    p.add_argument(
+        "--classes",
+        metavar="NAME,NAME,...",
+        help="class names, background first (default: the project's classes.txt, or the "
+        "--run's classes)",
+    )
+    p.add_argument("--out", required=True, metavar="PROJECT", help="the project folder")
+    p.add_argument("--run", metavar="RUN", help="fine-tune this run (same classes)")
+    _add(p, "--host", default="127.0.0.1", help="address to bind (this machine only)")
+    _add(p, "--port", type=int, default=8000, help="port")
+    _add(p, "--device", default="auto", help=DEVICE_HELP)
+    _add_threads(p)
