@@ -67,5 +67,33 @@ def test_a_short_budget_ends_early_with_a_validated_checkpoint(tmp_path, images)
     assert 2 <= len(rows) < 501  # a header and at least one validated epoch, far from 500
     last = json.loads((out / "last.json").read_text())
     assert last["epoch"] == len(rows) - 1 and "val" in last
+
     with pytest.raises(ConfigError, match="--budget: must be a positive duration"):
         TrainConfig(budget=-1).validate()
+
+
+def test_a_budgeted_schedule_follows_the_clock():
+    """With a budget the schedule's position is the larger of steps done and time used, so a
+    run that gets fewer steps than planned still anneals to its end."""
+    import math
+
+    import torch
+
+    from pixelwise.training.setup import scheduler
+
+    used = [0.0]
+    for kind, at_half in (("cosine", 0.5), ("poly", 0.5**0.9)):
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        sched = scheduler(opt, kind, 1000, clock=lambda: used[0])
+        used[0] = 0.5
+        opt.step()
+        sched.step()  # step 1 of 1000, but half the time is gone
+        assert math.isclose(sched.get_last_lr()[0], at_half, rel_tol=1e-6)
+        used[0] = 1.0
+        opt.step()
+        sched.step()
+        assert sched.get_last_lr()[0] < 1e-9
+        used[0] = 0.0
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    plain = scheduler(opt, "cosine", 1000)  # without a budget: steps only
+    assert isinstance(plain, torch.optim.lr_scheduler.CosineAnnealingLR)

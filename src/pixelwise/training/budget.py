@@ -62,6 +62,7 @@ class Budget:
     step: float = 0.0  # seconds of one optimizer step (the slowest of the recent ones)
     stopped: bool = False
     _last: float = field(default=0.0, repr=False)
+    _first: float = field(default=0.0, repr=False)  # the first training step of this process
 
     @property
     def deadline(self) -> float:
@@ -77,6 +78,8 @@ class Budget:
     def must_stop(self) -> bool:
         """Called at a step boundary: stop now so that the end fits in the budget?"""
         now = time.perf_counter()
+        if not self._first:
+            self._first = now
         if self._last:
             # a decaying maximum: a slow-down is believed at once, a speed-up slowly
             self.step = max(now - self._last, 0.9 * self.step)
@@ -84,6 +87,15 @@ class Budget:
         if self.left(now) < self.reserve():
             self.stopped = True
         return self.stopped
+
+    def fraction(self) -> float:
+        """How far training is through the time it has (0 before the first step, 1 when only
+        the reserve is left): the learning-rate schedule follows it, so that a budgeted run
+        anneals to its end whatever its epochs turn out to be."""
+        if not self._first:
+            return 0.0
+        span = self.deadline - self.reserve() - self._first
+        return min(1.0, max(0.0, (time.perf_counter() - self._first) / max(span, 1e-6)))
 
     def pause(self) -> None:
         """Time outside the training steps (validation, checkpoint) is not a step."""

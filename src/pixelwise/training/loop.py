@@ -268,7 +268,9 @@ def _set_up(
     train_set, sampler, loader, generator = make_batches(
         config, data, crop, mean, std, dist, device, say, progress
     )
-    optimizer, scheduler = make_optimizer(config, model, sampler.num_batches)
+    budget = Budget(config.budget, started) if config.budget is not None else None
+    clock = budget.fraction if budget is not None else None
+    optimizer, scheduler = make_optimizer(config, model, sampler.num_batches, clock)
     amp = amp_dtype(config.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     if amp is not None:
@@ -293,16 +295,16 @@ def _set_up(
     t.committed = point is not None
     t.init_note = init_note
     t.tensorboard = TensorBoardLog(out) if config.tensorboard and main else None
-    if config.budget is not None:
-        t.budget = _start_budget(t, started)
+    if budget is not None:
+        budget.spent = t.state.elapsed  # a resumed run's earlier sessions
+        t.budget = _start_budget(t, budget)
     return t
 
 
-def _start_budget(t: Trainer, started: float) -> Budget:
+def _start_budget(t: Trainer, budget: Budget) -> Budget:
     """The budget's clock (from the start of :func:`train`, less what earlier sessions of a
     resumed run spent) and first estimates: one validation image timed now, times the split;
     a checkpoint at 50 MB/s of weights and optimizer state."""
-    budget = Budget(t.config.budget, started, spent=t.state.elapsed)
     began = time.perf_counter()
     evaluate_dataset(
         t.core, t.data.val, t.mean, t.std, t.device,

@@ -347,9 +347,12 @@ def make_batches(
     return train_set, sampler, loader, generator
 
 
-def make_optimizer(config: TrainConfig, model: torch.nn.Module, batches: int):
+def make_optimizer(
+    config: TrainConfig, model: torch.nn.Module, batches: int, clock: Callable[[], float] | None
+):
     """SGD or AdamW over the trainable parameters, and the per-step learning-rate schedule
-    over ``epochs * ceil(batches / accumulate)`` optimizer steps."""
+    over ``epochs * ceil(batches / accumulate)`` optimizer steps; with a budget, ``clock()``
+    (the share of its time used, 0..1) moves the schedule on when time runs faster than steps."""
     params = [p for p in model.parameters() if p.requires_grad]
     if config.optimizer == "sgd":
         optimizer = torch.optim.SGD(
@@ -358,14 +361,29 @@ def make_optimizer(config: TrainConfig, model: torch.nn.Module, batches: int):
     else:
         optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     total = config.epochs * math.ceil(batches / config.accumulate)
-    return optimizer, scheduler(optimizer, config.schedule, total)
+    return optimizer, scheduler(optimizer, config.schedule, total, clock)
 
 
-def scheduler(optimizer: torch.optim.Optimizer, kind: str, total_steps: int):
-    if kind == "poly":  # the FCN/DeepLab "poly" policy, per iteration
-        return torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: max(0.0, 1 - s / total_steps) ** 0.9
-        )
-    if kind == "cosine":
+def scheduler(
+    optimizer: torch.optim.Optimizer,
+    kind: str,
+    total_steps: int,
+    clock: Callable[[], float] | None = None,
+):
+    """poly (the FCN/DeepLab policy), cosine or constant, per optimizer step. With ``clock``,
+    the schedule's position is the larger of the steps done and the budget's time used."""
+    if kind == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    if clock is None and kind == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+
+    def position(s: int) -> float:
+        return min(1.0, max(s / total_steps, clock() if clock is not None else 0.0))
+
+    if kind == "poly":
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: max(0.0, 1 - position(s)) ** 0.9
+        )
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * position(s)))
+    )
