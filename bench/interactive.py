@@ -474,6 +474,39 @@ def gt_stroke(gt: np.ndarray, cls: int, radius: float, length: float, rng) -> li
     return None
 
 
+def ridge_stroke(gt: np.ndarray, cls: int, steps: int, rng) -> list | None:
+    """A stroke traced along the middle of a thin structure of class ``cls`` (the ridge of its
+    distance transform), the way a person follows a membrane or a vessel."""
+    dt = ndimage.distance_transform_edt(np.pad(gt == cls, 1))[1:-1, 1:-1]
+    ys, xs = np.nonzero(dt >= 1.5)
+    if not len(ys):
+        return None
+    k = int(rng.integers(len(ys)))
+    y, x = int(ys[k]), int(xs[k])
+    seen, path = {(y, x)}, [(y, x)]
+    for _ in range(steps):
+        best = None
+        for dy in (-1, 0, 1):
+            for dx in (-1, 0, 1):
+                ny, nx = y + dy, x + dx
+                if (ny, nx) in seen or not (0 <= ny < gt.shape[0] and 0 <= nx < gt.shape[1]):
+                    continue
+                if dt[ny, nx] >= 1.0 and (best is None or dt[ny, nx] > dt[best]):
+                    best = (ny, nx)
+        if best is None:
+            break
+        seen.update((y + a, x + b) for a in (-1, 0, 1) for b in (-1, 0, 1))  # no turning back
+        y, x = best
+        path.append(best)
+    pts = [[px + 0.5, py + 0.5] for py, px in path[::3]]
+    return pts if len(pts) >= 3 else None
+
+
+def _stroke(gt: np.ndarray, cls: int, rng) -> list | None:
+    """Screenshot strokes: along a membrane (class 0), or across the inside of a cell."""
+    return ridge_stroke(gt, 0, 40, rng) if cls == 0 else gt_stroke(gt, 1, 5.0, 40.0, rng)
+
+
 def serve(app) -> tuple[str, Any, threading.Thread]:
     import uvicorn
 
@@ -595,9 +628,13 @@ def screenshot(args, say) -> None:
     try:
         for stem, _, gt in data["pool"][1:4]:  # a few strokes on other slices, through the API
             strokes = []
-            for cls, radius, n in ((0, 1.5, 8), (1, 5.0, 6)):
+            for cls, radius, n in ((0, 1.0, 10), (1, 5.0, 6)):
                 for _ in range(n):
-                    pts = gt_stroke(gt, cls, radius, 40.0, rng)
+                    pts = (
+                        ridge_stroke(gt, 0, 40, rng)
+                        if cls == 0
+                        else gt_stroke(gt, 1, 5.0, 40.0, rng)
+                    )
                     if pts:
                         strokes.append({"class": cls, "radius": radius, "points": pts})
             http(f"{url}/api/strokes", {"name": stem, "strokes": strokes})
@@ -621,12 +658,14 @@ def _shoot(url: str, data, rng, args, say) -> None:
         page.goto(f"{url}/#{stem}")
         page.wait_for_selector(f"#canvas[data-image='{stem}'][data-version='0']", timeout=60_000)
         box = page.locator("#canvas").bounding_box()
-        for cls, radius, n in ((0, 1.5, 8), (1, 5.0, 6)):  # strokes drawn with the mouse
+        for cls, radius, n in ((0, 1.0, 10), (1, 5.0, 6)):  # strokes drawn with the mouse
+            page.focus("#canvas")
             page.keyboard.press(str(cls + 1))
             page.fill("#brush", str(int(2 * radius)))
             page.dispatch_event("#brush", "input")
+            page.focus("#canvas")  # the keys go to the page again, not to the slider
             for _ in range(n):
-                pts = gt_stroke(gt, cls, radius, 40.0, rng)
+                pts = _stroke(gt, cls, rng)
                 if not pts:
                     continue
                 screen = [
@@ -642,8 +681,10 @@ def _shoot(url: str, data, rng, args, say) -> None:
         time.sleep(args.shot_seconds)
         page.wait_for_function("Number(document.getElementById('canvas').dataset.prediction) >= 1",
                                timeout=120_000)  # fmt: skip
-        page.fill("#pred-opacity", "45")
+        page.fill("#pred-opacity", "40")
         page.dispatch_event("#pred-opacity", "input")
+        page.fill("#label-opacity", "90")
+        page.dispatch_event("#label-opacity", "input")
         page.fill("#unc-opacity", "0")
         page.dispatch_event("#unc-opacity", "input")
         time.sleep(2.0)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -65,6 +66,7 @@ class LabelSession:
         self.trainer = trainer
         self.train = train
         self._png: OrderedDict[tuple[str, str], bytes] = OrderedDict()
+        self._png_lock = threading.Lock()
 
     def close(self) -> None:
         """Stop the trainer and release the project (idempotent)."""
@@ -74,9 +76,10 @@ class LabelSession:
     def png(self, stem: str, kind: str) -> bytes:
         """The image (``kind="image"``) or its thumbnail as PNG bytes (cached)."""
         key = (stem, kind)
-        if key in self._png:
-            self._png.move_to_end(key)
-            return self._png[key]
+        with self._png_lock:
+            if key in self._png:
+                self._png.move_to_end(key)
+                return self._png[key]
         image = self.project.image(stem, None if kind == "image" else 3)
         if image.shape[2] == 1:
             image = image[:, :, 0]
@@ -86,9 +89,10 @@ class LabelSession:
         buf = io.BytesIO()
         img.save(buf, format="PNG", compress_level=1)
         data = buf.getvalue()
-        self._png[key] = data
-        while len(self._png) > 256 or sum(map(len, self._png.values())) > 200_000_000:
-            self._png.popitem(last=False)
+        with self._png_lock:
+            self._png[key] = data
+            while len(self._png) > 256 or sum(map(len, self._png.values())) > 200_000_000:
+                self._png.popitem(last=False)
         return data
 
     def images(self) -> list[dict[str, Any]]:

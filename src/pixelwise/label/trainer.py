@@ -451,7 +451,7 @@ class Trainer:
         return done
 
     def status(self) -> dict[str, Any]:
-        scored = sum(1 for _, v in self.live.scores.values() if v == self.live.version)
+        scored = sum(1 for _, v in list(self.live.scores.values()) if v == self.live.version)
         return {
             "state": self.state,
             "version": self.live.version,
