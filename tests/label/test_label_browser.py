@@ -173,7 +173,10 @@ def test_draw_save_undo_reload_predict_next(server, tmp_path):
                 timeout=120_000,
             )
             assert page.evaluate("window.pixelwiseLabel.state.cur.predCanvas !== null")
-            assert "model v" in page.inner_text("#trainer")
+            page.wait_for_function(  # the status line follows at its next poll
+                "document.getElementById('trainer').innerText.includes('model v')",
+                timeout=30_000,
+            )
             assert (project / "run" / "config.json").is_file()
 
             page.click("#next")
