@@ -140,3 +140,26 @@ def test_void_class_that_is_not_trailing_is_a_class(tmp_path):
     p.write_text("0 unlabeled 0 0 0\n1 road 128 64 128\n2 void 1 1 1\n")
     c = ClassInfo.from_file(p)
     assert c.names == ("unlabeled", "road") and c.ignore_color == (1, 1, 1)
+
+
+def test_an_ignore_line_in_classes_txt_keeps_255_as_ignore(tmp_path):
+    """0/255 masks of a 2-class folder are read as binary (255 -> class 1) unless classes.txt
+    says what 255 is: a labeling project where only background has been drawn yet."""
+    import numpy as np
+    from PIL import Image
+
+    from pixelwise.data import open_dataset
+
+    for i in range(3):
+        (tmp_path / "images").mkdir(exist_ok=True)
+        (tmp_path / "masks").mkdir(exist_ok=True)
+        Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(tmp_path / "images" / f"{i}.png")
+        mask = np.full((8, 8), 255, np.uint8)
+        mask[:2] = 0  # background drawn, the rest unlabelled
+        Image.fromarray(mask).save(tmp_path / "masks" / f"{i}.png")
+    (tmp_path / "classes.txt").write_text("background 0 0 0\nhorse 200 0 0\n")
+    guessed = open_dataset(tmp_path, "all")
+    assert (guessed[0].mask == 1).sum() == 48  # the documented binary guess
+    (tmp_path / "classes.txt").write_text("background 0 0 0\nhorse 200 0 0\n255 unlabelled 9 9 9\n")
+    declared = open_dataset(tmp_path, "all")
+    assert (declared[0].mask == 1).sum() == 0 and (declared[0].mask == 255).sum() == 48

@@ -244,8 +244,8 @@ class Generic(Layout):
     def _declared_labels(
         self, declared: ClassInfo, user_map: dict[int, int] | None, seen: np.ndarray | None
     ) -> tuple[ClassInfo, dict[int, int] | None, list[str]]:
-        if user_map is not None or declared.num_classes != 2:
-            return declared, user_map, []
+        if user_map is not None or declared.num_classes != 2 or declared.ignore_color is not None:
+            return declared, user_map, []  # classes.txt names its ignore value: no guessing
         if seen is None:  # a 2-class list: are the masks 0/255? peek at one before all
             masks = self._all_masks()
             try:

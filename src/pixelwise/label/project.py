@@ -124,6 +124,8 @@ def classes_text(classes: ClassInfo) -> str:
     ]
     for name, (r, g, b) in zip(classes.names, classes.colors, strict=True):
         lines.append(f"{name} {r} {g} {b}")
+    # said explicitly, so that 0/255 masks of a 2-class project are never read as binary
+    lines.append(f"{classes.ignore_index} unlabelled 224 224 192")
     return "\n".join(lines) + "\n"
 
 
