@@ -117,14 +117,16 @@ def run_metadata(loaded: Any, checkpoint: str, min_size: int) -> dict[str, Any]:
     }
     if border:  # the valid U-Net: its valid_input_size steps by tile_grid = 2**depth
         multiple = model.tile_grid
+        valid = model.valid_input_size(2 * border + 1, 2 * border + 1)[0]
+        offset = -valid % multiple  # every accepted size P has (P + offset) % multiple == 0
         meta["input_rule"] = {
             "pad_before": border,
             "multiple": multiple,
-            "offset": 4,
+            "offset": offset,
             "text": (
                 f"mirror-pad the normalised HxW image by {border} px on the top and left and on "
                 f"the bottom/right up to the smallest size P >= H + {2 * border} with "
-                f"(P + 4) % {multiple} == 0 (each axis); the logits are "
+                f"(P + {offset}) % {multiple} == 0 (each axis); the logits are "
                 f"P - {2 * border} px; keep [..., :H, :W]"
             ),
         }
