@@ -147,10 +147,14 @@ def _add_train(sub: Any) -> None:
         "train",
         cmd_train,
         usage="%(prog)s [--config FILE] [--resume RUN] [OPTION ...]",
-        help="train a model; writes a run directory",
+        help="train a model (without --model: planned for the data, this machine and --budget); "
+        "writes a run directory",
         description="Train a segmentation model. The run directory gets config.json, best/last "
-        "checkpoints (safetensors), metrics.csv, curves.png and validation overlays. Options "
-        "come from the defaults, then --config FILE, then the command line.",
+        "checkpoints (safetensors), metrics.csv, curves.png and validation overlays. Without "
+        "--model, the options are planned from the data, this machine and --budget (default "
+        "20m; see 'pixelwise plan' and docs/planning.md) and kept in RUN/plan.json; every "
+        "option given overrides its plan entry. Options come from the defaults (or the plan), "
+        "then --config FILE, then the command line.",
     )
     g = t.add_argument_group("configuration")
     g.add_argument(
@@ -355,7 +359,8 @@ def _add_data_commands(sub: Any) -> None:
         sub,
         "data",
         lambda _args: 2,
-        help="inspect a dataset folder: 'data check DIR' reads every file and lists problems",
+        help="dataset tools: 'data check DIR' lists every problem, 'data fix DIR --out CLEAN' "
+        "writes a cleaned copy, 'data weights' draws U-Net weight maps",
         description="Dataset tools. Each has its own --help.",
     )
     group.set_defaults(func=lambda _args: (group.print_help(), 2)[1])
