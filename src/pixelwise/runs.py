@@ -391,6 +391,16 @@ def _check(path: Path, schema: type[_File], data: dict[str, Any]) -> None:
         raise ConfigError(f"{path}: invalid {what}: {_explain(err)}") from None
 
 
+def check_json(path: Path, schema: type[BaseModel], data: Any, what: str) -> None:
+    """Validate ``data`` read from ``path`` against the pydantic ``schema`` (a part of a file
+    that another layer owns, e.g. the training loop's state); one-line ConfigError naming the
+    file and the field: ``PATH: invalid WHAT: 'rows' must be a list``."""
+    try:
+        schema.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(f"{path}: invalid {what}: {_explain(err)}") from None
+
+
 _SHOULD = {
     "model_type": "an object",
     "dict_type": "an object",

@@ -9,11 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import BaseModel, ConfigDict
 
 from pixelwise import distributed
 from pixelwise.errors import ConfigError
 from pixelwise.runs import (
     ResumePoint,
+    check_json,
     checkpoint_path,
     load_training_state,
     publish_checkpoint,
@@ -188,28 +190,30 @@ def restore(
     )
 
 
+class LoopStateFile(BaseModel):
+    """The training loop's part of a resumable checkpoint (``TAG.state.json``'s ``loop``)."""
+
+    model_config = ConfigDict(strict=True)
+    rows: list[dict[str, Any]]
+    best_miou: float
+    best_epoch: int
+    elapsed: float
+    batches: int
+    last_info: dict[str, Any] | None = None
+
+
 def check_loop(point: ResumePoint, out: Path) -> None:
     """Check the training loop's own part of a checkpoint (before anything else is done)."""
     path = out / "resume" / point.marker["files"]["meta"]
     extra, tensors = point.meta["loop"], point.tensors
-
-    def need(cond: bool, what: str) -> None:
-        if not cond:
-            raise ConfigError(f"{path}: invalid training state: {what}")
-
-    rows = extra.get("rows")
-    need(
-        isinstance(rows, list)
-        and all(isinstance(r, dict) for r in rows)
-        and len(rows) == (point.epoch if point.complete else point.epoch - 1),
-        "'rows' must hold one object per finished epoch",
-    )
-    need(isinstance(extra.get("best_miou"), int | float), "'best_miou' must be a number")
-    need(isinstance(extra.get("best_epoch"), int), "'best_epoch' must be an integer")
-    need(isinstance(extra.get("elapsed"), int | float), "'elapsed' must be a number")
-    need(isinstance(extra.get("batches"), int), "'batches' must be an integer")
-    need(extra.get("last_info") is None or isinstance(extra["last_info"], dict), "'last_info'")
-    need({"loop.loss_sum", "loop.window"} <= set(tensors), "missing loop tensors")
+    check_json(path, LoopStateFile, extra, "training state")
+    finished = point.epoch if point.complete else point.epoch - 1
+    if len(extra["rows"]) != finished:
+        raise ConfigError(
+            f"{path}: invalid training state: 'rows' must hold one object per finished epoch"
+        )
+    if not {"loop.loss_sum", "loop.window"} <= set(tensors):
+        raise ConfigError(f"{path}: invalid training state: missing loop tensors")
 
 
 def republish(out: Path, point: ResumePoint, loop: LoopState, classes) -> None:
