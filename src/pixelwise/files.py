@@ -78,6 +78,20 @@ def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
         f.flush()
 
 
+def link_or_copy(source: str | Path, path: str | Path) -> Path:
+    """Make ``path`` the file ``source`` atomically: a hard link (no bytes copied), or a copy
+    where links are not possible (another file system)."""
+    import shutil
+
+    with atomic_path(path) as tmp:
+        tmp.unlink()
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+    return Path(path)
+
+
 def write_json(path: str | Path, obj: Any) -> None:
     """Write ``obj`` as indented JSON, atomically. NaN is written as ``null``."""
     text = json.dumps(_nan_to_none(obj), indent=2, sort_keys=False, allow_nan=False)

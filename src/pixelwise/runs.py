@@ -27,9 +27,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import random
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
@@ -52,7 +50,7 @@ from safetensors.torch import load_file, save_file
 from pixelwise import __version__
 from pixelwise.data.classes import ClassInfo
 from pixelwise.errors import ConfigError
-from pixelwise.files import atomic_path, write_json
+from pixelwise.files import atomic_path, link_or_copy, write_json
 
 __all__ = [
     "RUN_FORMAT",
@@ -706,13 +704,7 @@ def publish_checkpoint(
 ) -> Path:
     """Make ``RUN/{which}.safetensors`` the committed weights ``source`` (a hard link, or a copy
     where links are not possible) and write ``RUN/{which}.json`` (``info``)."""
-    path = checkpoint_path(run, which)
-    with atomic_path(path) as tmp:
-        tmp.unlink()
-        try:
-            os.link(source, tmp)
-        except OSError:
-            shutil.copyfile(source, tmp)
+    path = link_or_copy(source, checkpoint_path(run, which))
     write_json(path.with_suffix(".json"), info)
     return path
 

@@ -4,16 +4,14 @@ the server's mask agree pixel for pixel), undo, reload, two tabs, the live predi
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-CHROMIUM = "/usr/bin/chromium"
-if not Path(CHROMIUM).is_file():
+from tests.browser import ARGS, CHROMIUM, have_chromium, serving
+
+if not have_chromium():
     pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)", allow_module_level=True)
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
 uvicorn = pytest.importorskip("uvicorn")
@@ -23,14 +21,6 @@ from pixelwise.label.app import create_label_app  # noqa: E402
 from pixelwise.label.project import ERASE, stroke_footprint  # noqa: E402
 from pixelwise.label.trainer import TrainerOptions  # noqa: E402
 
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 H, W = 96, 128
 
 
@@ -63,21 +53,11 @@ def server(tmp_path):
         lr=5e-3,
     )
     app = create_label_app(images, "background,blob", tmp_path / "proj", options=options)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started and thread.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert srv.started, "uvicorn did not start"
-    yield f"http://127.0.0.1:{port}", tmp_path / "proj", app.state.label
-    srv.should_exit = True
-    thread.join(30)
-    sock.close()
-    app.state.label.close()
+    try:
+        with serving(app, lifespan="on", stop_seconds=30) as url:
+            yield url, tmp_path / "proj", app.state.label
+    finally:
+        app.state.label.close()
 
 
 def draw(page, points, key=None):

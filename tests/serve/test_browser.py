@@ -6,17 +6,15 @@ bench/gallery.py); PIXELWISE_SERVE_RUN=RUN serves that run instead of training a
 
 import os
 import re
-import socket
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-CHROMIUM = "/usr/bin/chromium"
-if not Path(CHROMIUM).is_file():
+from tests.browser import ARGS, CHROMIUM, have_chromium, serving
+
+if not have_chromium():
     pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)", allow_module_level=True)
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
 uvicorn = pytest.importorskip("uvicorn")
@@ -26,15 +24,6 @@ from pixelwise.data.io import write_image  # noqa: E402
 from pixelwise.predict import Segmenter  # noqa: E402
 from pixelwise.serve.app import create_app  # noqa: E402
 from pixelwise.training import TrainConfig, train  # noqa: E402
-
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 @pytest.fixture(scope="module")
@@ -66,20 +55,8 @@ def server(run):
     """(base URL, segmenter): uvicorn in a thread on a free loopback port."""
     seg = Segmenter.from_run(run, device="cpu")
     app = create_app(seg, info={"model": "served", "run": run.name})
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and thread.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started, "uvicorn did not start"
-    yield f"http://127.0.0.1:{port}", seg
-    server.should_exit = True
-    thread.join(10)
-    sock.close()
+    with serving(app) as url:
+        yield url, seg
 
 
 def _visible_overlay_pixels(page) -> int:

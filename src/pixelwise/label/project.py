@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-import shutil
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
@@ -35,7 +34,7 @@ from pixelwise.data.classes import ClassInfo, default_palette
 from pixelwise.data.io import image_channels, read_image, read_mask, write_mask
 from pixelwise.data.layouts import IMAGE_SUFFIXES
 from pixelwise.errors import ConfigError, DataError
-from pixelwise.files import atomic_open, atomic_path, check_outputs_apart
+from pixelwise.files import atomic_open, check_outputs_apart, link_or_copy
 
 __all__ = [
     "ERASE",
@@ -644,14 +643,7 @@ def _import_images(images_dir: Path, dest: Path, say) -> list[dict[str, str]]:
         except DataError as err:
             skipped.append({"file": src.name, "reason": err.problem})
             continue
-        target = dest / src.name
-        with atomic_path(target) as tmp:
-            tmp.unlink()
-            try:
-                os.link(src, tmp)
-            except OSError:
-                shutil.copyfile(src, tmp)
-        present[src.stem] = target
+        present[src.stem] = link_or_copy(src, dest / src.name)
     return skipped
 
 
