@@ -163,16 +163,17 @@ class CalibratedProfile:
         count = ScaledProfile("count", self.kind, 1.0)
         return count.step_seconds(c, channels, 2) / count.step_seconds(ref, channels, 2)
 
-    def step_seconds(self, c: Candidate, channels: int, classes: int) -> float:
+    def _time(self, what: str, c: Candidate, channels: int, classes: int) -> float:
+        """``what`` ("step_seconds", "infer_seconds_per_megapixel") of ``c``: measured for
+        the exact candidates, else the reference's carried over by the multiply-add ratio."""
+        measure = getattr(self.measured, what)
         if c in self.exact:
-            return self.measured.step_seconds(c, channels, classes)
+            return measure(c, channels, classes)
         ref = self._reference(c)
-        base = self.measured.step_seconds(ref, channels, classes)
-        return base * self._ratio(c, ref, channels)
+        return measure(ref, channels, classes) * self._ratio(c, ref, channels)
+
+    def step_seconds(self, c: Candidate, channels: int, classes: int) -> float:
+        return self._time("step_seconds", c, channels, classes)
 
     def infer_seconds_per_megapixel(self, c: Candidate, channels: int, classes: int) -> float:
-        if c in self.exact:
-            return self.measured.infer_seconds_per_megapixel(c, channels, classes)
-        ref = self._reference(c)
-        base = self.measured.infer_seconds_per_megapixel(ref, channels, classes)
-        return base * self._ratio(c, ref, channels)
+        return self._time("infer_seconds_per_megapixel", c, channels, classes)
