@@ -21,6 +21,9 @@ def test_parse_duration():
     assert parse_duration("none") is None
     with pytest.raises(ConfigError, match="--budget 'soon'"):
         parse_duration("soon")
+    for bad in ("-5", "0", "-1m", "inf"):
+        with pytest.raises(ConfigError, match="positive duration"):
+            parse_duration(bad)
     assert format_duration(3725) == "1:02:05" and format_duration(65) == "1:05"
 
 

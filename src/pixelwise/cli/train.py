@@ -98,6 +98,7 @@ def _budget_left(config):
     exit margin taken off its budget: ``--budget`` is the wall time of the whole command."""
     import dataclasses
 
+    config.validate()  # the budget as given, before any time is taken off it
     if config.budget is None or config.resume:
         return config
     spent = seconds_since_start() + EXIT_MARGIN

@@ -33,9 +33,12 @@ def parse_duration(text: str) -> float | None:
     try:
         seconds = float(number) * units[unit]
     except ValueError:
+        seconds = float("nan")
+    if not seconds > 0 or seconds == float("inf"):
         raise ConfigError(
-            f"--budget {text!r}: give a duration such as 20m, 1.5h, 90s or a number of seconds"
-        ) from None
+            f"--budget {text!r}: give a positive duration such as 20m, 1.5h, 90s or a number "
+            "of seconds"
+        )
     return seconds
 
 
