@@ -36,6 +36,10 @@ subtracts ``(groups - 1)`` times each grouped conv's forward FLOPs (only the pee
 grouped convs). ``--amp-check``: trains the demo's U-Net on the digits scenes for
 ``--amp-epochs`` epochs in fp32 and in bf16 and prints both validation mean IoUs and times.
 
+``--device cuda``: every model and peer on the GPU in fp32 (NCHW) and under fp16 and bf16
+autocast with channels-last tensors, batch 1 and ``--cuda-batch``, timed with CUDA events; with
+``--train``, the training step too (fp16 with a gradient scaler), with its peak GPU memory.
+
 Output: a table on stdout, ``--json FILE``, ``--plot FILE`` (latency vs MACs, with the matmul
 peak as a line). ``--quick``: fcn8s and unet_same at width 0.5, 512x512, 3 repeats (~2 min on
 2 cores). docs/performance.md has the tables and the exact commands.
@@ -488,6 +492,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--plot", type=Path)
     p.add_argument("--plot-from", type=Path, metavar="JSON", help="redraw --plot from a --json")
     p.add_argument("--quick", action="store_true", help="fcn8s + unet_same, w0.5, 512, 3 reps")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cuda: fp32, fp16 and "
+                   "bf16 autocast with channels-last, timed with CUDA events")  # fmt: skip
+    p.add_argument("--cuda-batch", type=int, default=16, help="--device cuda: the batched row")
     args = p.parse_args(argv)
     if args.quick:
         args.models, args.widths, args.sizes, args.repeats = ["fcn8s", "unet_same"], [0.5], [512], 3
@@ -522,11 +529,13 @@ def main(argv: list[str] | None = None) -> int:
         + f"; load average at start {env['loadavg_at_start']}"
     )
     out: dict[str, Any] = {"environment": env, "args": _jsonable(vars(args))}
-    if args.amp_check:
+    if args.device == "cuda":
+        out.update(cuda_bench(args, say))
+    elif args.amp_check:
         out["amp_check"] = amp_check(args.amp_epochs, args.amp_images, args.amp_modes, say)
-    if not args.train_only and (args.models or args.peers != "off"):
+    if args.device == "cpu" and not args.train_only and (args.models or args.peers != "off"):
         out.update(inference(args, threads, say))
-    if args.train or args.train_only:
+    if args.device == "cpu" and (args.train or args.train_only):
         out.update(training(args, say))
     env["loadavg_at_end"] = _loadavg()
     print(f"\nload average at end {env['loadavg_at_end']} (1, 5, 15 min; {env['cpu_count']} CPUs)")
@@ -740,6 +749,136 @@ def amp_check(epochs: int, images: int, modes: list[str], say: Callable) -> dict
             f"{r['last_val_mean_iou']:>9.4f}"
         )
     return results
+
+
+# ---------------------------------------------------------------------------------------- cuda
+
+CUDA_MODES = ("fp32", "fp16-cl", "bf16-cl")  # autocast dtype + channels-last, as issue 18 asks
+
+
+def _cuda_model(spec: Spec, mode: str) -> nn.Module:
+    model = spec.build().cuda()
+    if mode != "fp32":
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def _autocast(mode: str) -> contextlib.AbstractContextManager:
+    if mode == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.float16 if mode.startswith("fp16") else torch.bfloat16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+def cuda_time(call: Callable[[], Any], repeats: int, warmup: int) -> list[float]:
+    """Seconds of each of ``repeats`` calls, timed with CUDA events after ``warmup`` calls."""
+    for _ in range(warmup):
+        call()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        call()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / 1000)
+    return times
+
+
+def cuda_inference_row(
+    spec: Spec, size: int, batch: int, mode: str, args: argparse.Namespace
+) -> dict[str, Any]:
+    """Median latency of one forward of ``batch`` images of ``size``; argmax vs fp32."""
+    model = _cuda_model(spec, mode)
+    x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(size)).cuda()
+    if mode != "fp32":
+        x = x.contiguous(memory_format=torch.channels_last)
+
+    def call() -> Tensor:
+        with torch.inference_mode(), _autocast(mode):
+            return forward_full(model, x)
+
+    times = cuda_time(call, args.repeats, args.warmup)
+    out = call().float().argmax(1).cpu()
+    macs = count_flops(lambda: _no_grad_full(spec.build(), x[:1].float().cpu())) / 2
+    t = statistics.median(times)
+    return {
+        "model": spec.label, "size": size, "batch": batch, "mode": mode, "seconds": t,
+        "times": times, "images_per_s": batch / t, "gmac": macs / 1e9,
+        "tflops": 2 * macs * batch / t / 1e12, "argmax": out,
+    }  # fmt: skip
+
+
+def cuda_train_row(spec: Spec, mode: str, args: argparse.Namespace) -> dict[str, Any]:
+    """One training step (forward, backward, SGD) at --train-batch x --train-size."""
+    model = _cuda_model(spec, mode).train()
+    b, s = args.train_batch, args.train_size
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(b, 3, s, s, generator=gen).cuda()
+    if mode != "fp32":
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, CLASSES, (b, s, s), generator=gen).cuda()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-6, momentum=0.9)
+    scaler = torch.amp.GradScaler("cuda", enabled=mode.startswith("fp16"))
+
+    def step() -> Tensor:
+        with _autocast(mode):
+            logits = forward_full(model, x).float()
+        loss = pixel_cross_entropy(logits, y)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        return loss.detach()
+
+    times = cuda_time(step, args.repeats, args.warmup)
+    t = statistics.median(times)
+    peak_mb = torch.cuda.max_memory_allocated() / 2**20
+    return {
+        "model": spec.label, "batch": b, "size": s, "mode": mode, "seconds": t,
+        "times": times, "images_per_s": b / t, "peak_mb": peak_mb,
+    }  # fmt: skip
+
+
+def cuda_bench(args: argparse.Namespace, say: Callable) -> dict[str, Any]:
+    """Inference (batch 1 and --cuda-batch) and training steps on the GPU, per mode."""
+    torch.backends.cudnn.benchmark = True
+    specs = [Spec(m, w) for m in args.models for w in args.widths]
+    if args.peers != "off":
+        specs += [Spec(p) for p, ok in peers_available().items() if ok and p in args.peer_models]
+    rows, train_rows = [], []
+    for spec in specs:
+        for size in args.sizes:
+            for batch in sorted({1, args.cuda_batch}):
+                ref = None
+                for mode in CUDA_MODES:
+                    say(f"cuda {spec.label} {size} batch {batch} {mode}")
+                    row = cuda_inference_row(spec, size, batch, mode, args)
+                    amax = row.pop("argmax")
+                    ref = amax if ref is None else ref
+                    row["argmax_agreement"] = float((amax == ref).double().mean())
+                    rows.append(row)
+        if args.train or args.train_only:
+            for mode in CUDA_MODES:
+                say(f"cuda training {spec.label} {mode}")
+                torch.cuda.reset_peak_memory_stats()
+                train_rows.append(cuda_train_row(spec, mode, args))
+    print(f"\n{torch.cuda.get_device_name()}, torch {torch.__version__}, cudnn.benchmark on")
+    print(f"{'model':<26} {'size':>5} {'batch':>5} {'mode':<8} {'ms':>8} {'img/s':>8} "
+          f"{'GMAC':>7} {'TFLOP/s':>8} {'argmax=':>8}")  # fmt: skip
+    for r in rows:
+        print(f"{r['model']:<26} {r['size']:>5} {r['batch']:>5} {r['mode']:<8} "
+              f"{1000 * r['seconds']:>8.2f} {r['images_per_s']:>8.1f} {r['gmac']:>7.1f} "
+              f"{r['tflops']:>8.1f} {r['argmax_agreement']:>8.4f}")  # fmt: skip
+    if train_rows:
+        print(f"\ntraining step at batch {args.train_batch}, {args.train_size}x{args.train_size}")
+        print(f"{'model':<26} {'mode':<8} {'ms':>8} {'img/s':>8} {'peak MB':>8}")
+        for r in train_rows:
+            print(f"{r['model']:<26} {r['mode']:<8} {1000 * r['seconds']:>8.2f} "
+                  f"{r['images_per_s']:>8.1f} {r['peak_mb']:>8.0f}")  # fmt: skip
+    return {"cuda_device": torch.cuda.get_device_name(), "cuda_rows": rows,
+            "cuda_train_rows": train_rows}  # fmt: skip
 
 
 if __name__ == "__main__":
