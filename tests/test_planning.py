@@ -143,3 +143,44 @@ def test_plan_command_and_planned_training(tmp_path, capsys):
     assert plan["reasons"]["lr"] == "given" and "lr" in plan["given"]
     assert 0 < config["budget"] <= 25
     assert (run / "best.safetensors").is_file()
+
+
+def test_the_data_pipeline_is_part_of_the_step():
+    from pixelwise.planning.pipeline import PipelineProfile, loader_workers
+
+    c = Candidate("unet_same", 16, 4, 128, 8)
+    net = GPU.step_seconds(c, 3, 2)
+    serial = PipelineProfile(GPU, seconds=0.01, crop=128, workers=0)
+    spread = PipelineProfile(GPU, seconds=0.01, crop=128, workers=4)
+    assert serial.step_seconds(c, 3, 2) == pytest.approx(net + 8 * 0.01)
+    assert spread.step_seconds(c, 3, 2) == pytest.approx(max(net, 8 * 0.01 / 4))
+    bigger = Candidate("unet_same", 16, 4, 256, 8)  # four times the pixels to crop and warp
+    assert serial.data_seconds(bigger) == pytest.approx(4 * serial.data_seconds(c))
+    assert loader_workers("cpu", 64) == 0 and loader_workers("cuda", 2) == 0
+    assert loader_workers("cuda", 16) == 8 and loader_workers("cuda", 4) == 3
+    # a slow pipeline leaves fewer epochs in the same budget, and the plan says who loads
+    fp = _synthetic(upright=True)
+    fast = make_plan(fp, GPU, 1200, 300, 30)
+    slow = make_plan(fp, PipelineProfile(GPU, 0.2, fast.candidate.crop, workers=0), 1200, 300, 30)
+    assert slow.estimates["steps"] < fast.estimates["steps"]
+    assert fast.options["workers"] == 0 and "main process" in fast.reasons["workers"]
+    loaded = make_plan(fp, PipelineProfile(GPU, 0.2, fast.candidate.crop, workers=8), 1200, 300, 30)
+    assert loaded.options["workers"] == 8 and loaded.estimates["steps"] > slow.estimates["steps"]
+
+
+def test_a_gpu_plan_may_go_wider_than_any_cpu_plan():
+    fp = _synthetic(upright=True, size=(256, 256))
+    roomy = make_plan(fp, ScaledProfile("big gpu", "cuda", seconds_per_gmac=1e-6), 3600, 300, 30)
+    assert roomy.options["model_args"]["base_width"] == 64
+    cpu = make_plan(fp, ScaledProfile("fast cpu", "cpu", seconds_per_gmac=1e-6), 3600, 300, 30)
+    assert cpu.options["model_args"]["base_width"] == 32
+
+
+def test_sample_seconds_times_the_augmentations_on_real_images(tmp_path):
+    from pixelwise.planning.pipeline import sample_seconds
+
+    ds = open_dataset(_folder(tmp_path / "street", "street", n=6, size=96), "all")
+    base = {"crop_size": 64, "scale_min": 0.8, "scale_max": 1.2, "hflip": True}
+    plain = sample_seconds(ds, base, samples=4)
+    warped = sample_seconds(ds, {**base, "elastic": 10.0, "rotate": 180.0}, samples=4)
+    assert all(isinstance(t, float) and 0 <= t < 5 for t in (plain, warped))  # ran, no timing goal

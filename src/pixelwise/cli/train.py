@@ -188,6 +188,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
         f"\nestimate: {e['epochs']} epochs x {e['steps_per_epoch']} steps of {e['step_s']:.3f} s,"
         f" validation ~{e['validation_s']:.1f} s every {e['val_every']} epoch(s)"
     )
+    if "data_s_per_sample" in e:
+        print(
+            f"the step includes the data: {1000 * e['data_s_per_sample']:.0f} ms to crop and"
+            " augment each sample, measured on the dataset's own images"
+        )
     if args.out:
         write_json(args.out, {**plan.to_dict(), "fingerprint": fp.to_dict()})
         print(f"wrote {args.out}")

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pixelwise.planning.fingerprint import Fingerprint, describe, fingerprint
+from pixelwise.planning.pipeline import PipelineProfile, loader_workers, sample_seconds
 from pixelwise.planning.plan import Plan, make_plan
 from pixelwise.planning.profile import CalibratedProfile, DeviceProfile, MeasuredProfile
 
@@ -51,21 +52,35 @@ def plan_training(
     profile: DeviceProfile | None = None,
 ) -> tuple[Plan, Fingerprint]:
     """The plan for ``config``'s data (``config.data``, layout, label map, val fraction) on
-    ``profile`` (default: measured on ``config.device``) within ``budget`` seconds."""
+    ``profile`` (default: measured on ``config.device``: the network's steps and the data
+    pipeline's samples) within ``budget`` seconds."""
+    fp, splits = dataset_fingerprint(config)
+    if profile is not None:
+        return make_plan(fp, profile, budget, splits["train"], splits["val"], given), fp
+    network = CalibratedProfile(MeasuredProfile(_device(config)))
+    network.measured.workers = loader_workers(network.kind)
+    plan = make_plan(fp, network, budget, splits["train"], splits["val"], given)
+    train = _train_split(config)
+    for _ in range(3):  # time the pick itself and its data pipeline (ratios miss both); re-plan
+        pick = plan.candidate
+        network.exact.add(pick)
+        seconds = sample_seconds(train, plan.options)
+        timed = PipelineProfile(network, seconds, pick.crop, network.workers)
+        plan = make_plan(fp, timed, budget, splits["train"], splits["val"], given)
+        plan.estimates["data_s_per_sample"] = round(seconds, 4)
+        if plan.candidate == pick:
+            break
+    return plan, fp
+
+
+def _device(config: Any) -> Any:
     import torch
 
-    fp, splits = dataset_fingerprint(config)
-    if profile is None:
-        device = "cuda" if config.device == "auto" and torch.cuda.is_available() else config.device
-        device = torch.device("cpu" if device == "auto" else device)
-        profile = CalibratedProfile(MeasuredProfile(device))
-    plan = make_plan(fp, profile, budget, splits["train"], splits["val"], given)
-    for _ in range(3):  # time the pick itself (ratios miss small shapes' overheads); re-plan
-        if not isinstance(profile, CalibratedProfile):
-            break
-        pick = plan.candidate
-        if pick in profile.exact:
-            break
-        profile.exact.add(pick)
-        plan = make_plan(fp, profile, budget, splits["train"], splits["val"], given)
-    return plan, fp
+    device = "cuda" if config.device == "auto" and torch.cuda.is_available() else config.device
+    return torch.device("cpu" if device == "auto" else device)
+
+
+def _train_split(config: Any) -> Any:
+    from pixelwise.training.setup import open_split
+
+    return open_split(config, "train", config.channels)

@@ -22,7 +22,8 @@ __all__ = ["MIN_STEPS", "Plan", "make_plan"]
 #: optimizer steps a plan aims for before it widens the model (the recorded runs that reached
 #: their goals took 2,700 (C3) to 21,000 (D3) steps; I2's 660 were too few: docs/results.md)
 MIN_STEPS = 2000
-WIDTHS = (8, 16, 24, 32)  # U-Net base widths the planner chooses from
+WIDTHS = (8, 16, 24, 32)  # U-Net base widths the planner chooses from on a CPU
+WIDTHS_GPU = (8, 16, 24, 32, 48, 64)  # and on a GPU, where a step of width 16 is launch-bound
 SCALES = (1.0, 0.75, 0.5, 0.375, 0.25)
 SETUP_SHARE = 0.08  # of the budget kept for the data check, decoding and the first validation
 VAL_SHARE = 0.10  # validation may cost at most this share of the training time
@@ -148,7 +149,7 @@ def _choose_model(
         depth = _depth(short)
         crop = _crop(short, depth, profile.kind)
         batch = 8 if profile.kind != "cuda" else 16
-        for width in WIDTHS:
+        for width in WIDTHS_GPU if profile.kind == "cuda" else WIDTHS:
             c = Candidate("unet_same", width, depth, crop, batch)
             est = _estimate(fp, profile, c, scale, train_images, val_images, budget)
             options.append((c, scale, est))
@@ -182,8 +183,12 @@ def make_plan(
     plan.set(
         "model_args",
         {"base_width": c.base_width, "depth": c.depth},
-        f"the widest that gets >= {MIN_STEPS} steps in the budget ({est['steps']} at "
-        f"{est['step_s']:.3f} s/step); depth {c.depth}: the model sees "
+        (
+            f"the widest that gets >= {MIN_STEPS} steps in the budget"
+            if est["steps"] >= MIN_STEPS
+            else f"no width gets {MIN_STEPS} steps in the budget: the cheapest"
+        )
+        + f" ({est['steps']} at {est['step_s']:.3f} s/step); depth {c.depth}: the model sees "
         f"{int(min(h, w) * scale)} px",
     )
     plan.set(
@@ -194,6 +199,13 @@ def make_plan(
     )
     plan.set("crop_size", c.crop, f"the short side at scale {scale:g}, capped for the device")
     plan.set("batch_size", c.batch, f"{profile.kind}: {c.batch} crops per step")
+    plan.set(
+        "workers",
+        profile.workers,
+        f"{profile.workers} loader processes crop and augment beside the GPU"
+        if profile.workers
+        else "crops are made in the main process: on a CPU a worker takes cores from the network",
+    )
     _optimisation(plan)
     _augmentation(plan, fp)
     _balance(plan, fp)

@@ -29,6 +29,7 @@ class DeviceProfile(Protocol):
 
     name: str  # "cpu (2 threads, no native bf16)", "cuda: NVIDIA H200"
     kind: str  # "cpu" or "cuda"
+    workers: int  # data loader processes beside the network (0: data work adds to the step)
 
     def step_seconds(self, c: Candidate, channels: int, classes: int) -> float:
         """Seconds of one optimizer step (forward, backward, update) of ``c``."""
@@ -55,6 +56,7 @@ class MeasuredProfile:
 
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     repeats: int = 2
+    workers: int = 0
     _steps: dict = field(default_factory=dict, repr=False)
     _infer: dict = field(default_factory=dict, repr=False)
 
@@ -118,6 +120,7 @@ class ScaledProfile:
     name: str
     kind: str
     seconds_per_gmac: float
+    workers: int = 0
 
     def _gmacs(self, c: Candidate, pixels: int, channels: int) -> float:
         # a same-padded U-Net: two 3x3 convs per level, widths doubling as resolution halves,
@@ -151,6 +154,10 @@ class CalibratedProfile:
     @property
     def kind(self) -> str:
         return self.measured.kind
+
+    @property
+    def workers(self) -> int:
+        return self.measured.workers
 
     @property
     def name(self) -> str:
