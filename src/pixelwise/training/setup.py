@@ -267,7 +267,7 @@ def transfer_note(
     count and first names of those not copied (ConfigError when none was)."""
     names = list(model.state_dict())
     left = [n for n in names if n not in set(copied)]
-    if not copied:
+    if not [n for n in copied if not n.endswith("num_batches_tracked")]:  # counters only
         raise ConfigError(
             f"--init-from {source}: no weight of its model ({origin}) matches this model "
             f"({len(names)} tensors, e.g. {', '.join(names[:3])}); give a run of the same "
