@@ -273,7 +273,7 @@ def transfer_note(
             f"({len(names)} tensors, e.g. {', '.join(names[:3])}); give a run of the same "
             "architecture (same --model and --model-arg)"
         )
-    note = f"initialised {len(copied)} of {len(names)} tensors from {source} ({origin})"
+    note = f"initialised {len(copied)} tensors of {len(names)} from {source} ({origin})"
     if mapped:
         note += f"; input conv {', '.join(mapped)} mapped from L to the luma of the input"
     if left:
