@@ -34,6 +34,7 @@ LAYERS: dict[str, int] = {
     "planning": 4,
     "evaluate": 4,
     "predict": 4,
+    "colorize": 4,
     "tiles": 4,
     "engines": 4,
     "dense": 4,

@@ -98,6 +98,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for f in files:
         if not f.is_file():
             raise ConfigError(f"{f}: no such image file")
+    if _colorize_run(args.run):  # a --task colorize run writes colourized images
+        return _cmd_colorize(args, files)
     shard = _predict_shard(args.shard)
     device = args.device or "auto"
     if shard is not None and device in ("auto", "cuda") and "LOCAL_RANK" in os.environ:
@@ -120,6 +122,22 @@ def cmd_predict(args: argparse.Namespace) -> int:
         shard=shard,
     )
     print(f"wrote {len(written)} mask(s) and overlay(s) to {args.out}")
+    return 0
+
+
+def _colorize_run(run: str) -> bool:
+    from pixelwise.colorize import is_colorize_run
+
+    return Path(run).is_dir() and (Path(run) / "config.json").is_file() and is_colorize_run(run)
+
+
+def _cmd_colorize(args: argparse.Namespace, files: list) -> int:
+    from pixelwise.colorize import Colorizer, colorize_files
+
+    colorizer = Colorizer(args.run, args.checkpoint, args.device or "auto")
+    progress = iter_progress(args.quiet or len(files) < 2, "colorize", "img")
+    written = colorize_files(colorizer, files, args.out, progress=progress)
+    print(f"wrote {len(written)} colourized image(s) to {args.out}")
     return 0
 
 

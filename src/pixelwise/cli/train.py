@@ -78,6 +78,8 @@ def planned_config(args: argparse.Namespace):
     from pixelwise.training import TrainConfig
 
     given = user_options(args)
+    if given.get("task") == "colorize" and "model" not in given:  # no masks to plan from
+        args.model = given["model"] = "unet_same"
     if getattr(args, "resume", None) or "model" in given:
         return _budget_left(train_config(args)), None
     budget = float(given.get("budget") or DEFAULT_BUDGET)
@@ -110,6 +112,9 @@ def _print_summary(summary: dict[str, Any]) -> None:
         f"run: {summary['run']}  ({summary['epochs']} epochs, {summary['seconds']} s, "
         f"{summary['device']})"
     )
+    if "best_psnr" in summary:  # --task colorize
+        print(f"best val PSNR {summary['best_psnr']:.2f} dB at epoch {summary['best_epoch']}")
+        return
     print(f"best val mean IoU {summary['best_mean_iou']:.4f} at epoch {summary['best_epoch']}")
 
 
@@ -130,7 +135,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     if env_info().is_main:  # under torchrun, rank 0 speaks for all
         _print_summary(summary)
-        print(f"next: pixelwise evaluate {summary['run']} --data {config.data}")
+        if config.task == "colorize":
+            print(f"next: pixelwise predict {summary['run']} IMAGES --out DIR (colourized)")
+        else:
+            print(f"next: pixelwise evaluate {summary['run']} --data {config.data}")
     return 0
 
 

@@ -78,6 +78,22 @@ def check_config(c: TrainConfig) -> None:
     _check_augmentation(c)
     _check_data_and_run(c)
     _check_loss(c)
+    _check_task(c)
+
+
+def _check_task(c: TrainConfig) -> None:
+    """--task colorize learns from the images alone: the options about masks do not apply."""
+    if c.task != "colorize":
+        return
+    need = _needer(c)
+    masks_only = "is about masks; --task colorize reads no masks: drop it"
+    need(c.loss == "ce", "loss", masks_only + " (colorize has its own smooth-L1 loss)")
+    need(c.class_weights is None, "class_weights", masks_only)
+    need(c.points == 0, "points", masks_only)
+    need(c.label_map is None, "label_map", masks_only)
+    need(c.mask_threshold is None, "mask_threshold", masks_only)
+    need(c.channels in (None, 3), "channels", "--task colorize reads colour images: drop it")
+    need(str(c.data) != "digits", "data", "--task colorize needs a folder of colour images")
 
 
 def _check_choices(c: TrainConfig) -> None:

@@ -144,6 +144,14 @@ class TrainConfig:
         resume="free",
     )
     # -- model -----------------------------------------------------------------------------
+    task: str = opt(
+        "segment",
+        "segment: learn the masks; colorize: learn the colour (Lab a, b) of the images from "
+        "their lightness, no masks read (--data: any folder of colour images or dataset "
+        "layout); a colorize run pre-trains a segmenter through --init-from",
+        group="model",
+        choices=("segment", "colorize"),
+    )
     model: str = opt("fcn8s", "model name; see 'pixelwise models'", group="model")
     width: float = opt(1.0, "channel multiplier: 0.25 gives a CPU-trainable variant", group="model")
     model_args: dict[str, Any] = opt(
@@ -156,8 +164,8 @@ class TrainConfig:
     init_from: str | None = opt(
         None,
         "copy every matching weight from a trained run (staged training: fcn32s -> fcn16s -> "
-        "fcn8s) or from a patch classifier folder written by 'pixelwise heatmap' (with --model "
-        "convolutionalized)",
+        "fcn8s; a --task colorize run: pre-training without labels) or from a patch classifier "
+        "folder written by 'pixelwise heatmap' (with --model convolutionalized)",
         group="model",
         metavar="RUN",
     )

@@ -22,16 +22,13 @@ from typing import Any
 import torch
 
 from pixelwise import distributed
-from pixelwise.data.transforms import default_normalization
 from pixelwise.errors import ConfigError, PixelwiseError
-from pixelwise.evaluate import evaluate_dataset
 from pixelwise.files import write_json
-from pixelwise.losses import pixel_cross_entropy, soft_dice_loss
 from pixelwise.runs import has_resume_point, publish_checkpoint, save_training_state
 from pixelwise.training.amp import amp_dtype
 from pixelwise.training.budget import Budget
 from pixelwise.training.config import TrainConfig
-from pixelwise.training.records import TensorBoardLog, metrics_row, pictures, write_csv
+from pixelwise.training.records import TensorBoardLog, write_csv
 from pixelwise.training.resume import (
     LoopState,
     check_resumable_data,
@@ -54,6 +51,7 @@ from pixelwise.training.setup import (
     write_run_config,
 )
 from pixelwise.training.signals import StopFlag, TrainingInterrupted, batches, stop_on_signals
+from pixelwise.training.tasks import Segment, task_for
 
 __all__ = ["TrainingDiverged", "TrainingInterrupted", "train"]
 
@@ -142,6 +140,7 @@ class Trainer:
     class_weights: torch.Tensor | None
     memory_format: torch.memory_format
     state: LoopState
+    task: Segment  # what is learnt (--task): data, loss, scores, pictures (training/tasks.py)
     start: float = 0.0
     committed: bool = False
     init_note: str | None = None
@@ -208,11 +207,11 @@ def _validate_and_commit(
     val = _validate(t, epoch)
     validated = time.perf_counter()
     lr = t.scheduler.get_last_lr()[0]
-    s.rows.append(metrics_row(epoch, s.step, lr, train_loss, val, validated - t.start))
-    miou = val.scores["mean_iou"] if not math.isnan(val.scores["mean_iou"]) else 0.0
-    improved = miou > s.best_miou
+    s.rows.append(t.task.row(epoch, s.step, lr, train_loss, val, validated - t.start))
+    score = t.task.score(val)  # mean IoU (colorize: PSNR) picks the best checkpoint
+    improved = score > s.best_miou
     if improved:
-        s.best_miou, s.best_epoch = miou, epoch
+        s.best_miou, s.best_epoch = score, epoch
     info = {"epoch": epoch, "step": s.step, "val": val.scores, "train_loss": train_loss}
     weights_file = _commit(t, epoch, t.batches, window, loss_sum, info=info)
     if t.dist.is_main and weights_file is not None:
@@ -223,8 +222,7 @@ def _validate_and_commit(
         t.budget.pause()
     t.say(
         f"epoch {epoch}/{t.config.epochs}: train loss {train_loss:.4f}, val loss "
-        f"{val.loss:.4f}, pixel acc {val.scores['pixel_accuracy']:.4f}, "
-        f"mean IoU {val.scores['mean_iou']:.4f}"
+        f"{val.loss:.4f}, {t.task.report(val)}"
     )
 
 
@@ -257,7 +255,7 @@ def _set_up(
     model.to(memory_format=memory_format)
     if config.sync_bn:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    mean, std = default_normalization(data.channels)
+    mean, std = task_for(config.task).normalization(data.channels)
     if point is None:
         prepare_out_everywhere(out, config.overwrite, dist, device)
         made.append(out)
@@ -287,7 +285,7 @@ def _set_up(
     t = Trainer(
         config, out, dist, device, say, progress, stop, data, core, model, mean, std,
         train_set, sampler, loader, generator, optimizer, scheduler, scaler, amp,
-        class_weights, memory_format, LoopState(),
+        class_weights, memory_format, LoopState(), task_for(config.task),
     )  # fmt: skip
     if point is not None:
         _resume(t, point)
@@ -306,10 +304,7 @@ def _start_budget(t: Trainer, budget: Budget) -> Budget:
     resumed run spent) and first estimates: one validation image timed now, times the split;
     a checkpoint at 50 MB/s of weights and optimizer state."""
     began = time.perf_counter()
-    evaluate_dataset(
-        t.core, t.data.val, t.mean, t.std, t.device,
-        progress=lambda indices: list(indices)[:1], input_scale=t.config.input_scale,
-    )  # fmt: skip
+    t.task.evaluate(t, progress=lambda indices: list(indices)[:1])
     images = max(1, len(t.data.val) // t.dist.world_size)
     budget.measured_validation((time.perf_counter() - began) * images)
     state_bytes = 3 * sum(p.numel() * p.element_size() for p in t.core.parameters())
@@ -329,7 +324,7 @@ def _resume(t: Trainer, point: Any) -> None:
     if hasattr(t.scheduler, "T_max"):  # --epochs extended: the cosine ends at the new end
         t.scheduler.T_max = t.config.epochs * math.ceil(t.batches / t.config.accumulate)
     if t.dist.is_main:
-        republish(t.out, point, t.state, t.data.classes)
+        republish(t.out, point, t.state, t.data.classes, t.task.pictures)
     t.say(f"resuming {t.out} at epoch {t.state.epoch}, batch {t.state.batch} of {t.batches}")
 
 
@@ -346,27 +341,13 @@ def _train_epoch(t: Trainer, epoch: int, first: int) -> tuple[torch.Tensor, torc
         window += s.window.to(t.device)
     i = seen = first
     for i, (x, y, *pw) in enumerate(batches(t.loader, t.stop), first + 1):
-        x = x.to(t.device, non_blocking=True, memory_format=t.memory_format)
-        y = y.to(t.device, non_blocking=True)
+        x, y = t.task.batch(x.to(t.device, non_blocking=True), y.to(t.device, non_blocking=True))
+        x = x.contiguous(memory_format=t.memory_format)  # (model input, target) of the task
         pixel_weights = pw[0].to(t.device, non_blocking=True) if pw else None  # w_c inside
         group = min(acc, t.batches - (i - 1) // acc * acc)  # micro-batches in this update
         with torch.autocast(t.device.type, t.amp, enabled=t.amp is not None):
             logits = t.model(x).float()  # the loss in fp32
-        loss = pixel_cross_entropy(
-            logits,
-            y,
-            t.class_weights if pixel_weights is None else None,
-            pixel_weights=pixel_weights,
-            ignore_index=t.data.classes.ignore_index,
-            border=t.core.border or None,
-        )
-        if config.loss == "dice-ce":
-            loss = loss + soft_dice_loss(
-                logits,
-                y,
-                ignore_index=t.data.classes.ignore_index,
-                border=t.core.border or None,
-            )
+        loss = t.task.loss(t, logits, y, pixel_weights)  # cross-entropy (+ Dice); colorize L1
         if (i - 1) % acc == 0 or i == first + 1:  # a new accumulation group
             t.optimizer.zero_grad(set_to_none=True)
         t.scaler.scale(loss / group if group > 1 else loss).backward()
@@ -419,17 +400,7 @@ def _log_loss(t: Trainer, bar: Any, window: torch.Tensor, i: int, epoch: int) ->
 
 def _validate(t: Trainer, epoch: int) -> Any:
     """Scores on the validation split (shared over the processes); a non-finite loss stops."""
-    val = evaluate_dataset(
-        t.core,
-        t.data.val,
-        t.mean,
-        t.std,
-        t.device,
-        t.class_weights,
-        keep_examples=t.config.overlays if t.dist.is_main else 0,
-        shard=(t.dist.rank, t.dist.world_size),
-        input_scale=t.config.input_scale,
-    )
+    val = t.task.evaluate(t, keep=t.config.overlays if t.dist.is_main else 0)
     if not math.isfinite(val.loss):
         raise _diverged(t, val.loss, epoch)
     return val
@@ -488,7 +459,7 @@ def _publish(
     if improved:
         publish_checkpoint(t.out, "best", weights_file, info)
     write_csv(t.out / "metrics.csv", t.state.rows)
-    pictures(t.out, t.state.rows, t.data.classes, examples, epoch)
+    t.task.pictures(t.out, t.state.rows, t.data.classes, examples, epoch)
     if t.tensorboard is not None:
         overlay = t.out / "overlays" / f"epoch_{epoch:03d}.png" if examples else None
         t.tensorboard.epoch(t.state.rows[-1], t.data.classes, overlay)
@@ -502,8 +473,7 @@ def _summary(t: Trainer) -> dict[str, Any]:
         "steps": s.step,
         "seconds": round(time.perf_counter() - t.start, 1),
         "best_epoch": s.best_epoch,
-        "best_mean_iou": s.best_miou,
-        "last": {k: s.rows[-1][k] for k in ("val_mean_iou", "val_pixel_accuracy", "train_loss")},
+        **t.task.summary(s.rows, s.best_miou),  # best_mean_iou (colorize: best_psnr), last
         "device": str(t.device),
     }
     if t.init_note:

@@ -216,9 +216,9 @@ def check_loop(point: ResumePoint, out: Path) -> None:
         raise ConfigError(f"{path}: invalid training state: missing loop tensors")
 
 
-def republish(out: Path, point: ResumePoint, loop: LoopState, classes) -> None:
+def republish(out: Path, point: ResumePoint, loop: LoopState, classes, draw=pictures) -> None:
     """Make last/best/metrics.csv agree with the committed checkpoint (a crash may have cut
-    their update short after the commit)."""
+    their update short after the commit); ``draw``: the task's pictures function."""
     if point.complete and loop.last_info is not None:
         tag = weights_tag(point.weights_path)
         if weights_tag(checkpoint_path(out, "last")) != tag:
@@ -227,4 +227,4 @@ def republish(out: Path, point: ResumePoint, loop: LoopState, classes) -> None:
             publish_checkpoint(out, "best", point.weights_path, loop.last_info)
     if loop.rows:
         write_csv(out / "metrics.csv", loop.rows)
-        pictures(out, loop.rows, classes, [], loop.rows[-1].get("epoch", 0))
+        draw(out, loop.rows, classes, [], loop.rows[-1].get("epoch", 0))

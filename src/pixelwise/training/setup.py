@@ -21,7 +21,7 @@ from pixelwise.data.balance import cached_class_pixel_counts, median_frequency_w
 from pixelwise.data.classes import ClassInfo
 from pixelwise.data.maskvalues import check_class_count
 from pixelwise.data.pipeline import bar_iter, training_set
-from pixelwise.data.transforms import TrainTransform
+from pixelwise.data.transforms import TrainTransform, default_normalization
 from pixelwise.errors import ConfigError, DataError
 from pixelwise.files import write_json
 from pixelwise.models import build, transfer_weights
@@ -114,6 +114,8 @@ def open_training_data(
     config: TrainConfig, progress: ProgressFactory | None, say: Log
 ) -> TrainingData:
     """Check and open the train and val splits; say what they hold; the class weights."""
+    if config.task == "colorize":
+        return open_colour_data(config, say)
     if config.check_data:
         check_data(config, progress)
     train_ds = open_split(config, "train", config.channels)
@@ -134,6 +136,31 @@ def open_training_data(
     )
     weights = class_weights(config, train_ds, progress, say)
     return TrainingData(train_ds, val_ds, classes, train_ds.channels, weights)
+
+
+def open_colour_data(config: TrainConfig, say: Log) -> TrainingData:
+    """``--task colorize``: the colour images of the train and val splits (masks never read);
+    the model reads 1 channel (L) and writes 2 (a, b)."""
+    from pixelwise.data.colour import open_colour_images
+
+    args = dict(config.data_args)
+    limit = args.pop("limit", None)
+    if args:
+        raise ConfigError(
+            f"--data-arg {next(iter(args))}: --task colorize takes only limit=N of the data args"
+        )
+    splits = [
+        open_colour_images(config.data, split, config.data_format, config.val_fraction, limit)
+        for split in ("train", "val")
+    ]
+    for note in splits[0].notes + splits[1].notes:
+        say(note)
+    layout = f" ({splits[0].layout} layout, images only)" if splits[0].layout else ""
+    say(
+        f"data: {config.data}{layout}: {len(splits[0])} train / {len(splits[1])} val colour "
+        "images; colorize: L in, Lab a and b out"
+    )
+    return TrainingData(splits[0], splits[1], splits[0].classes, 1, None)
 
 
 def _sizes(dataset: Any, sample: int = 25) -> str:
@@ -189,9 +216,10 @@ def class_weights(
 
 
 def init_from(model: torch.nn.Module, source: str) -> str:
-    """Copy every matching weight from a run directory (staged training) or from a patch
-    classifier folder written by ``pixelwise heatmap`` (its Linear layers reshaped onto the
-    convolutionalized model's convs); return a one-line note."""
+    """Copy every matching weight from a run directory (staged training; a ``--task colorize``
+    run: pre-training without labels) or from a patch classifier folder written by ``pixelwise
+    heatmap`` (its Linear layers reshaped onto the convolutionalized model's convs); return a
+    one-line note naming what was copied and what was not. Nothing matching -> ConfigError."""
     from pixelwise.models.classifier import CLASSIFIER_FILE, has_patch_classifier
     from pixelwise.models.convolutionalized import classifier_state
 
@@ -200,8 +228,58 @@ def init_from(model: torch.nn.Module, source: str) -> str:
         copied = transfer_weights(model, classifier_state(state, model))
         return f"initialised {len(copied)} tensors from {source} (patch classifier)"
     config = read_config(source)
-    copied = transfer_weights(model, load_weights(checkpoint_path(source, "best")))
-    return f"initialised {len(copied)} tensors from {source} ({config['model']['name']})"
+    state = load_weights(checkpoint_path(source, "best"))
+    origin = config["model"]["name"]
+    mapped: list[str] = []
+    if config.get("train", {}).get("task") == "colorize":
+        origin += ", colorize"
+        state, mapped = lightness_inputs(model, state)
+    copied = transfer_weights(model, state)
+    return transfer_note(source, origin, model, copied, mapped)
+
+
+def lightness_inputs(
+    model: torch.nn.Module, state: dict[str, torch.Tensor]
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """A colourizer's input convs read one channel, ``(L - 50) / 50``: each ``(O, 1, k, k)``
+    filter whose name holds ``(O, C, k, k)`` in ``model`` (C = 1 or 3: the segmenter's input)
+    becomes the filter that computes the same feature of the luma of the normalised image
+    (:func:`pixelwise.colorize.lightness_filters`); returns the new state and their names."""
+    from pixelwise.colorize import lightness_filters
+
+    target = model.state_dict()
+    state, mapped = dict(state), []
+    for name, tensor in state.items():
+        want = target.get(name)
+        if want is None or tensor.ndim != 4 or tensor.shape[1] != 1 or want.ndim != 4:
+            continue
+        if want.shape[1] in (1, 3) and want.shape[0] == tensor.shape[0]:
+            mean, std = default_normalization(want.shape[1])
+            state[name] = lightness_filters(tensor, mean, std)
+            mapped.append(name)
+    return state, mapped
+
+
+def transfer_note(
+    source: str, origin: str, model: torch.nn.Module, copied: list[str], mapped: list[str]
+) -> str:
+    """One line: how many tensors were copied, the input convs mapped from L, and the
+    count and first names of those not copied (ConfigError when none was)."""
+    names = list(model.state_dict())
+    left = [n for n in names if n not in set(copied)]
+    if not [n for n in copied if not n.endswith("num_batches_tracked")]:  # counters only
+        raise ConfigError(
+            f"--init-from {source}: no weight of its model ({origin}) matches this model "
+            f"({len(names)} tensors, e.g. {', '.join(names[:3])}); give a run of the same "
+            "architecture (same --model and --model-arg)"
+        )
+    note = f"initialised {len(copied)} tensors of {len(names)} from {source} ({origin})"
+    if mapped:
+        note += f"; input conv {', '.join(mapped)} mapped from L to the luma of the input"
+    if left:
+        more = f" and {len(left) - 3} more" if len(left) > 3 else ""
+        note += f"; not copied (no match in name and shape): {', '.join(left[:3])}{more}"
+    return note
 
 
 def build_model(
