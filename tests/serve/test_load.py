@@ -167,6 +167,27 @@ def test_the_timeout_drops_queued_work_and_frees_every_slot():
     assert seg.calls == [(20, 24), (16, 16)]  # the queued request never reached the model
 
 
+def test_queued_work_that_would_miss_its_deadline_is_dropped_before_running():
+    seg = gated()
+    with serving(create_app(seg, max_queue=4, timeout=2.0)) as url:
+        first: list = []
+        runner = threading.Thread(target=lambda: first.append(post(url, png_bytes(image(20, 24)))))
+        runner.start()
+        assert seg.started.wait(60)
+        second: list = []
+        queued = threading.Thread(target=lambda: second.append(post(url, png_bytes(image(30, 36)))))
+        queued.start()
+        wait_for(lambda: stats(url)["queued"] == 1, "the second request is queued")
+        time.sleep(1.2)  # the first call takes >= 1.2 s: the second has <= 0.8 s left, < 1 s
+        seg.gate.set()
+        runner.join(60)
+        queued.join(60)
+    assert first[0][0] == 200
+    status, headers, body = second[0]
+    assert status == 503 and "--timeout" in body["error"] and int(headers["retry-after"]) >= 1
+    assert seg.calls == [(20, 24)]  # the second never ran
+
+
 def test_a_stalled_upload_times_out():
     data = png_bytes(image(30, 40))
     with serving(create_app(segmenter(), timeout=0.5)) as url:

@@ -8,7 +8,10 @@ a deadline per request, and one model worker that drops work nobody waits for an
 - **Deadline**: each admitted request has ``timeout`` seconds from its arrival. A request whose
   deadline passes while it waits for the model is taken out of the queue (never run); one that is
   already on the model runs to the end (a forward pass cannot be interrupted) and its result is
-  dropped. Its slot is freed only when the model is done with it, so the bound stays true.
+  dropped. Its slot is freed only when the model is done with it, so the bound stays true. A
+  queued request with less time left than the model's median time per image (at most half the
+  timeout) gets its 503 when its turn comes, without running: work that would be thrown away
+  does not delay the requests behind it.
 - **One worker thread** runs the model, one job (or one batch) at a time: torch's own intra-op
   threads use the cores, and one model call at a time bounds the activations' memory.
 - **Batching** (``batch > 1``): the worker takes up to ``batch`` queued images of the same size
@@ -23,6 +26,7 @@ import asyncio
 import collections
 import concurrent.futures
 import math
+import statistics
 import threading
 import time
 from collections.abc import Callable, Hashable
@@ -121,7 +125,7 @@ class ModelQueue:
         self._closed = False
         self.in_server = 0  # admitted requests whose slot is held
         self.counts = collections.Counter()  # admitted, rejected, timed_out, served, failed, ...
-        self._service = 0.0  # moving average of model seconds per image (0: none measured)
+        self._recent: collections.deque[float] = collections.deque(maxlen=16)  # s per image
 
     # -- admission -------------------------------------------------------------------------
 
@@ -149,9 +153,13 @@ class ModelQueue:
         if ticket.holders == 0:
             self.in_server -= 1
 
+    def service(self) -> float:
+        """The median model time per image over the last 16 calls, in seconds (0: none yet)."""
+        return statistics.median(self._recent) if self._recent else 0.0
+
     def retry_after(self) -> int:
         """Seconds a refused client should wait: the expected time to drain the server, >= 1."""
-        per_image = self._service or 1.0
+        per_image = self.service() or 1.0
         return max(1, math.ceil(per_image * self.in_server / self.batch))
 
     def timed_out(self) -> Overloaded:
@@ -230,8 +238,32 @@ class ModelQueue:
                         if j.future.cancelled():
                             self._release(j.ticket)
                             self.counts["dropped_queued"] += 1
+            jobs = self._drop_late(jobs)
             if jobs:
                 self._run(jobs)
+
+    def _drop_late(self, jobs: list[_Job]) -> list[_Job]:
+        """``jobs`` less those that would miss their deadline: less time left than the model's
+        median time per image (capped at half the timeout, so that a fresh request always runs
+        and a few slow calls never stop the server). Those get their 503 now, never run."""
+        limit = min(self.service(), self.timeout / 2)
+        late = [j for j in jobs if j.ticket.remaining() < limit]
+        if not late:
+            return jobs
+        with self._cond:
+            self.counts["timed_out"] += len(late)
+            self.counts["dropped_queued"] += len(late)
+            for j in late:
+                self._release(j.ticket)
+        for j in late:
+            j.future.set_exception(
+                Overloaded(
+                    f"the request would not finish within {self.timeout:g} s "
+                    "(pixelwise serve --timeout); it was dropped before running, retry later",
+                    self.retry_after(),
+                )
+            )
+        return [j for j in jobs if j not in late]
 
     def _run(self, jobs: list[_Job]) -> None:
         start = time.monotonic()
@@ -245,7 +277,7 @@ class ModelQueue:
             masks, error = [], err
         seconds = (time.monotonic() - start) / len(jobs)
         with self._cond:
-            self._service = seconds if not self._service else 0.8 * self._service + 0.2 * seconds
+            self._recent.append(seconds)
             self.counts["batches"] += 1
             self.counts["images"] += len(jobs)
             self.counts["failed" if error else "served"] += len(jobs)
@@ -276,7 +308,9 @@ class ModelQueue:
                 **{k: c[k] for k in ("admitted", "rejected", "timed_out", "served", "failed")},
                 "dropped_queued": c["dropped_queued"],
                 "dropped_running": c["dropped_running"],
+                "batches": c["batches"],
+                "images": c["images"],
                 "mean_batch": c["images"] / c["batches"] if c["batches"] else None,
-                "ms_per_image": round(self._service * 1000, 2) if self._service else None,
+                "ms_per_image": round(self.service() * 1000, 2) if self._recent else None,
                 "rss_mb": rss_mb(),
             }
