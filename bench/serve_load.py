@@ -14,9 +14,12 @@ Cases (``--cases``):
 
     default   the server's defaults (--max-queue 16, --timeout 30, --batch 1), each --clients
     overload  --max-queue 4 with --overload-clients (32): deliberate 503s with Retry-After
-    timeout   --timeout 3x the 1-client p50 latency with 8 clients: requests that wait too long
-              get 503 and are dropped
+    timeout   --timeout 3x the 1-client p50 latency (100 ms without a 1-client row) with 8
+              clients: requests that wait too long get 503 and are dropped
     batch     --batch 8 (same-size images batched) with 8 clients: compare with default's row
+
+Cases run in the order given and may repeat: ``--cases default batch default batch --clients 8``
+alternates the two servers so that a change in the machine's load hits both alike.
 
 Without ``--run``, a run with the demo's U-Net (unet_same, depth 3, width 16) is trained for 2
 short epochs on the embedded digits (the weights' quality does not change the speed); without
@@ -338,16 +341,17 @@ def main(argv: list[str] | None = None) -> None:
                 results.append({"case": name, "options": options, **r})
                 print(row(name, options, r), flush=True)
 
-        if "default" in args.cases:
-            case("default", [], args.clients, args.seconds)
-        if "overload" in args.cases:
-            case("overload", ["--max-queue", "4"], [args.overload_clients], args.short_seconds)
-        if "timeout" in args.cases:
-            one = next((r for r in results if r["clients"] == 1 and r["p50_ms"]), None)
-            p50 = one["p50_ms"] if one else 100.0
-            case("timeout", ["--timeout", f"{3 * p50 / 1000:.3f}"], [8], args.short_seconds)
-        if "batch" in args.cases:
-            case("batch", ["--batch", "8"], [8], args.seconds)
+        for name in args.cases:  # in the order given; a case may come back (A B A B)
+            if name == "default":
+                case("default", [], args.clients, args.seconds)
+            elif name == "overload":
+                case("overload", ["--max-queue", "4"], [args.overload_clients], args.short_seconds)
+            elif name == "timeout":
+                one = next((r for r in results if r["clients"] == 1 and r["p50_ms"]), None)
+                p50 = one["p50_ms"] if one else 100.0
+                case("timeout", ["--timeout", f"{3 * p50 / 1000:.3f}"], [8], args.short_seconds)
+            else:
+                case("batch", ["--batch", "8"], [8], args.seconds)
         print(f"load average at the end: {loadavg()}")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     env = {

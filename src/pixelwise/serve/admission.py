@@ -162,11 +162,12 @@ class ModelQueue:
         per_image = self.service() or 1.0
         return max(1, math.ceil(per_image * self.in_server / self.batch))
 
-    def timed_out(self) -> Overloaded:
-        """The 503 of a request whose deadline passed (counted)."""
+    def timed_out(self, dropped: Overloaded | None = None) -> Overloaded:
+        """The 503 of a request whose deadline passed, or ``dropped``: the one the worker gave
+        a request it would not run (counted here, once per request, whichever came first)."""
         with self._cond:
             self.counts["timed_out"] += 1
-        return Overloaded(
+        return dropped or Overloaded(
             f"the request took longer than {self.timeout:g} s in the server "
             "(pixelwise serve --timeout); it was dropped, retry later",
             self.retry_after(),
@@ -251,7 +252,6 @@ class ModelQueue:
         if not late:
             return jobs
         with self._cond:
-            self.counts["timed_out"] += len(late)
             self.counts["dropped_queued"] += len(late)
             for j in late:
                 self._release(j.ticket)

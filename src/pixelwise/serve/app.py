@@ -244,7 +244,7 @@ def create_app(
         except TimeoutError:
             return _busy(queue.timed_out())
         except Overloaded as err:  # dropped before running: it would have missed its deadline
-            return _busy(err)
+            return _busy(queue.timed_out(err))
         except Exception as err:  # the model failed: one line, never a traceback to the client
             return _error(500, f"prediction failed: {type(err).__name__}: {err}")
         finally:
