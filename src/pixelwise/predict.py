@@ -210,6 +210,18 @@ class Segmenter:
             return self._tiled(image, tile, overlap)
         return self.logits(image, tile, overlap).argmax(0).to(torch.uint8).cpu().numpy()
 
+    @torch.inference_mode()
+    def predict_batch(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        """Label masks ``(H, W)`` uint8 of same-size images ``(H, W, C)`` uint8, computed as one
+        ``(N, C, H, W)`` call (no tiling): what ``pixelwise serve --batch`` runs."""
+        x = torch.stack([to_tensor(im, self.mean, self.std) for im in images]).to(self.device)
+
+        def full(v: torch.Tensor) -> torch.Tensor:
+            return forward_full(self.model, v, net=self.net, input_scale=self.input_scale)
+
+        logits = mean_over_views(full, x, self.views) if self.tta else full(x)
+        return list(logits.argmax(1).to(torch.uint8).cpu().numpy())
+
     def tile_net(self) -> Callable[[torch.Tensor], torch.Tensor]:
         """The network call the tiles use: normalised ``(N, C, h, w)`` -> the model's raw output
         ``(N, K, *model.output_size(h, w))`` (no mirror padding: the tiles do that)."""

@@ -214,6 +214,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         checkpoint=args.checkpoint,
         device=args.device or "auto",
         log=log,
+        max_queue=args.max_queue,
+        timeout=args.timeout,
+        batch=args.batch,
+        batch_wait_ms=args.batch_wait_ms,
     )
     return 0
 

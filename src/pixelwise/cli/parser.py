@@ -320,7 +320,21 @@ def _add_serve(sub: Any) -> None:
         metavar="N",
         help="predict images larger than N pixels per side tile by tile; 0: never",
     )
+    _add_serve_limits(v)
     _add_threads(v)
+
+
+def _add_serve_limits(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("under load (docs/performance.md, 'Serving under load')")
+    _add(g, "--max-queue", type=int, default=16, metavar="N",
+         help="prediction requests in the server at once (uploading, waiting, running); one more "
+         "gets 503 + Retry-After at once; memory is bounded by about N uploads")  # fmt: skip
+    _add(g, "--timeout", type=float, default=30.0, metavar="SECONDS",
+         help="a request unanswered after this long gets 503; its work is dropped")  # fmt: skip
+    _add(g, "--batch", type=int, default=1, metavar="N",
+         help="run up to N queued same-size images as one batch (1: one at a time)")  # fmt: skip
+    _add(g, "--batch-wait-ms", type=float, default=2.0, metavar="MS",
+         help="with --batch: how long the model waits for more images to join a batch")  # fmt: skip
 
 
 def _add_models(sub: Any) -> None:

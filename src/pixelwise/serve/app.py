@@ -8,8 +8,15 @@ Starlette (ASGI routing, requests, responses) + uvicorn (the server). Routes:
 - ``POST /predict``: the image as multipart field ``image`` or as the raw body. Answers
   ``{width, height, classes: [{index, name, color, pixels, share}], mask_png}`` (``mask_png``:
   base64 palette PNG of class indices) or, with ``?format=png`` or ``Accept: image/png``, the
-  PNG itself. 413 over the size limit, 400 for anything that is not a readable image; errors are
+  PNG itself. 413 over the size limit, 400 for anything that is not a readable image, 503 with
+  ``Retry-After`` when the server is full or the request ran past its deadline; errors are
   ``{"error": message}``.
+- ``GET /api/stats``: queue depth, limits and counters (:meth:`ModelQueue.stats`).
+
+Under load (:mod:`pixelwise.serve.admission`): at most ``max_queue`` prediction requests are in the
+server at once, the next one gets 503 + ``Retry-After`` before its body is read; each has
+``timeout`` seconds, after which it gets 503 and its work is dropped; one worker thread runs the
+model (``batch > 1``: same-size images queued together go through it as one batch).
 
 Nothing is written to disk from a request (uploads are decoded in memory; Starlette may spool a
 large multipart part to an anonymous temporary file), and no file name from a request is used.
@@ -17,10 +24,11 @@ large multipart part to an anonymous temporary file), and no file name from a re
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import io
-import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +46,7 @@ from pixelwise.data.classes import ClassInfo
 from pixelwise.data.io import decode_image as io_decode_image
 from pixelwise.errors import DataError
 from pixelwise.predict import Segmenter
+from pixelwise.serve.admission import ModelQueue, Overloaded, check_limits
 
 __all__ = ["UploadError", "create_app", "decode_image", "mask_png", "run_server"]
 
@@ -91,13 +100,20 @@ def _class_table(classes: ClassInfo, counts: np.ndarray | None = None) -> list[d
     return rows
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": " ".join(message.split())}, status_code=status, headers=headers)
 
 
-async def _read_body(request: Request, max_bytes: int) -> bytes:
-    """The request body, refusing (413) anything over ``max_bytes`` before reading it all."""
-    limit_text = f"the limit is {max_bytes / 1e6:g} MB (pixelwise serve --max-mb)"
+def _busy(err: Overloaded) -> JSONResponse:
+    return _error(503, err.message, {"Retry-After": str(err.retry_after)})
+
+
+def _limit_text(max_bytes: int) -> str:
+    return f"the limit is {max_bytes / 1e6:g} MB (pixelwise serve --max-mb)"
+
+
+def _check_declared_size(request: Request, max_bytes: int) -> None:
+    """413 from the ``Content-Length`` header alone (nothing read), 400 if it is not a number."""
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -105,7 +121,15 @@ async def _read_body(request: Request, max_bytes: int) -> bytes:
         except ValueError:
             raise UploadError(400, "invalid Content-Length header") from None
         if size > max_bytes:
-            raise UploadError(413, f"upload of {size / 1e6:.1f} MB is too large: {limit_text}")
+            raise UploadError(
+                413, f"upload of {size / 1e6:.1f} MB is too large: {_limit_text(max_bytes)}"
+            )
+
+
+async def _read_body(request: Request, max_bytes: int) -> bytes:
+    """The request body, refusing (413) anything over ``max_bytes`` before reading it all."""
+    limit_text = _limit_text(max_bytes)
+    _check_declared_size(request, max_bytes)
     chunks, size = [], 0
     try:
         async for chunk in request.stream():
@@ -153,12 +177,16 @@ def create_app(
     max_bytes: int = 20_000_000,
     tile: int | None = 512,
     info: dict[str, Any] | None = None,
+    max_queue: int = 16,
+    timeout: float = 30.0,
+    batch: int = 1,
+    batch_wait_ms: float = 2.0,
 ) -> Starlette:
     """The ASGI app serving ``segmenter``. ``tile``: images larger than this on a side are
     predicted tile by tile (``Segmenter.predict(image, tile=...)``); ``info`` adds fields
-    (model name, run) to ``GET /api/info``."""
+    (model name, run) to ``GET /api/info``. ``max_queue``, ``timeout`` (seconds), ``batch`` and
+    ``batch_wait_ms``: the limits of :class:`~pixelwise.serve.admission.ModelQueue`."""
     classes = segmenter.classes
-    lock = threading.Lock()  # one prediction at a time: bounded memory, torch threads not shared
     meta = {
         "pixelwise_version": __version__,
         "in_channels": segmenter.in_channels,
@@ -169,16 +197,27 @@ def create_app(
     }
 
     def predict(image: np.ndarray) -> np.ndarray:
-        with lock:
-            if tile and max(image.shape[:2]) > tile:
-                return segmenter.predict(image, tile=tile)
-            return segmenter.predict(image)
+        if tile and max(image.shape[:2]) > tile:
+            return segmenter.predict(image, tile=tile)
+        return segmenter.predict(image)
+
+    queue = ModelQueue(
+        predict,
+        segmenter.predict_batch,
+        max_queue=max_queue,
+        timeout=timeout,
+        batch=batch,
+        batch_wait_ms=batch_wait_ms,
+    )
 
     async def index(request: Request) -> Response:
         return FileResponse(STATIC / "index.html", media_type="text/html")
 
     async def api_info(request: Request) -> Response:
         return JSONResponse(meta)
+
+    async def api_stats(request: Request) -> Response:
+        return JSONResponse(queue.stats())
 
     async def api_predict(request: Request) -> Response:
         fmt = request.query_params.get("format", "")
@@ -187,35 +226,66 @@ def create_app(
         accept = request.headers.get("accept", "")
         want_png = fmt == "png" or (not fmt and "image/png" in accept and "json" not in accept)
         try:
-            data = await _image_bytes(request, max_bytes)
-            image = decode_image(data, segmenter.in_channels)
+            _check_declared_size(request, max_bytes)  # 413 before anything is read or queued
+            ticket = queue.admit()
         except UploadError as err:
             return _error(err.status, err.message)
-        mask = await run_in_threadpool(predict, image)
-        png = mask_png(mask, classes)
-        if want_png:
-            return Response(png, media_type="image/png")
-        counts = np.bincount(mask.ravel(), minlength=classes.num_classes)
-        return JSONResponse(
-            {
-                "width": int(mask.shape[1]),
-                "height": int(mask.shape[0]),
-                "classes": _class_table(classes, counts[: classes.num_classes]),
-                "mask_png": base64.b64encode(png).decode("ascii"),
-            }
-        )
+        except Overloaded as err:
+            return _busy(err)
+        try:
+            async with asyncio.timeout(max(ticket.remaining(), 0.0)):
+                data = await _image_bytes(request, max_bytes)
+                image = await run_in_threadpool(decode_image, data, segmenter.in_channels)
+                del data
+                small = not (tile and max(image.shape[:2]) > tile)
+                mask = await queue.predict(ticket, image, image.shape if small else None)
+        except UploadError as err:
+            return _error(err.status, err.message)
+        except TimeoutError:
+            return _busy(queue.timed_out())
+        except Overloaded as err:  # dropped before running: it would have missed its deadline
+            return _busy(queue.timed_out(err))
+        except Exception as err:  # the model failed: one line, never a traceback to the client
+            return _error(500, f"prediction failed: {type(err).__name__}: {err}")
+        finally:
+            queue.release(ticket)
+        return await run_in_threadpool(_answer, mask, classes, want_png)
 
     async def not_allowed(request: Request) -> Response:
         return _error(405, "use POST with an image (multipart field 'image' or the raw body)")
 
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        queue.close()
+
     routes = [
         Route("/", index),
         Route("/api/info", api_info),
+        Route("/api/stats", api_stats),
         Route("/predict", api_predict, methods=["POST"]),
         Route("/predict", not_allowed, methods=["GET"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
-    return Starlette(routes=routes)
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.queue = queue
+    return app
+
+
+def _answer(mask: np.ndarray, classes: ClassInfo, want_png: bool) -> Response:
+    """The response for ``mask (H, W)``: the PNG itself, or the JSON with it in base64."""
+    png = mask_png(mask, classes)
+    if want_png:
+        return Response(png, media_type="image/png")
+    counts = np.bincount(mask.ravel(), minlength=classes.num_classes)
+    return JSONResponse(
+        {
+            "width": int(mask.shape[1]),
+            "height": int(mask.shape[0]),
+            "classes": _class_table(classes, counts[: classes.num_classes]),
+            "mask_png": base64.b64encode(png).decode("ascii"),
+        }
+    )
 
 
 def run_server(
@@ -228,8 +298,13 @@ def run_server(
     checkpoint: str = "best",
     device: str = "auto",
     log: Callable[[str], None] | None = None,
+    max_queue: int = 16,
+    timeout: float = 30.0,
+    batch: int = 1,
+    batch_wait_ms: float = 2.0,
 ) -> None:
-    """Load ``run`` and serve it until interrupted (blocks). ``log`` gets one-line notices."""
+    """Load ``run`` and serve it until interrupted (blocks). ``log`` gets one-line notices;
+    ``max_queue``, ``timeout``, ``batch``, ``batch_wait_ms``: see :func:`create_app`."""
     import uvicorn
 
     from pixelwise.errors import ConfigError
@@ -241,6 +316,7 @@ def run_server(
         raise ConfigError(f"--tile: must be at least 32 pixels (or 0 for no tiling), got {tile}")
     if not 0 <= port <= 65535:
         raise ConfigError(f"--port: must be in 0..65535, got {port}")
+    check_limits(max_queue, timeout, batch, batch_wait_ms)
     say = log or (lambda _m: None)
     loaded = load_run(run, checkpoint)
     segmenter = Segmenter.from_run(loaded, device=device)
@@ -254,6 +330,10 @@ def run_server(
             "checkpoint": checkpoint,
             "epoch": loaded.info.get("epoch"),
         },
+        max_queue=max_queue,
+        timeout=timeout,
+        batch=batch,
+        batch_wait_ms=batch_wait_ms,
     )
     if host not in LOOPBACK:
         say(
