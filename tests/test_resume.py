@@ -291,8 +291,9 @@ def test_resume_of_a_run_without_checkpoint_is_a_clear_error(tmp_path, capsys):
 def test_divergence_keeps_the_last_good_checkpoint(digits_folder, tmp_path, monkeypatch):
     """The loss turns NaN in epoch 2: training stops with advice, epoch 1 stays resumable."""
     import pixelwise.training.loop as train_module
+    import pixelwise.training.tasks as tasks_module
 
-    real = train_module.pixel_cross_entropy
+    real = tasks_module.pixel_cross_entropy
     calls = [0]
 
     def poisoned(*args, **kwargs):
@@ -300,7 +301,7 @@ def test_divergence_keeps_the_last_good_checkpoint(digits_folder, tmp_path, monk
         loss = real(*args, **kwargs)
         return loss * float("nan") if calls[0] > 8 else loss  # 6 steps per epoch
 
-    monkeypatch.setattr(train_module, "pixel_cross_entropy", poisoned)
+    monkeypatch.setattr(tasks_module, "pixel_cross_entropy", poisoned)
     out = tmp_path / "run"
     cfg = TrainConfig(data=str(digits_folder), out=str(out), epochs=3, log_every=1, **TINY)
     with pytest.raises(train_module.TrainingDiverged, match="lower --lr") as info:
