@@ -228,8 +228,12 @@ def run_server(
     checkpoint: str = "best",
     device: str = "auto",
     log: Callable[[str], None] | None = None,
+    engine: str | None = None,
+    threads: int | None = None,
 ) -> None:
-    """Load ``run`` and serve it until interrupted (blocks). ``log`` gets one-line notices."""
+    """Load ``run`` and serve it until interrupted (blocks). ``log`` gets one-line notices.
+    ``engine``, ``threads``: as ``Segmenter.from_run``'s (``auto`` is timed on the first
+    request's image)."""
     import uvicorn
 
     from pixelwise.errors import ConfigError
@@ -243,7 +247,9 @@ def run_server(
         raise ConfigError(f"--port: must be in 0..65535, got {port}")
     say = log or (lambda _m: None)
     loaded = load_run(run, checkpoint)
-    segmenter = Segmenter.from_run(loaded, device=device)
+    segmenter = Segmenter.from_run(
+        loaded, checkpoint, device, engine=engine, threads=threads, folder=run
+    )
     app = create_app(
         segmenter,
         max_bytes=int(max_mb * 1e6),
