@@ -150,7 +150,8 @@ def test_torchrun_two_processes_match_one(digits_folder, tmp_path):
     # validation split over the 2 ranks and all-reduced == one process on the same weights
     info = json.loads((two / "last.json").read_text())
     assert main(["-q", "evaluate", str(two), "--data", str(digits_folder), "--checkpoint",
-                 "last", "--device", "cpu", "--out", str(tmp_path / "ev")]) == 0  # fmt: skip
+                 "last", "--device", "cpu", "--out", str(tmp_path / "ev"),
+                 "--engine", "torch"]) == 0  # fmt: skip
     report = json.loads((tmp_path / "ev" / "eval_val.json").read_text())
     for key in ("pixel_accuracy", "mean_accuracy", "mean_iou", "fw_iou"):
         assert report[key] == info["val"][key], key

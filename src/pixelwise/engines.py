@@ -603,7 +603,10 @@ class AutoEngine:
 
     def _choose(self, x: Tensor) -> Net:
         """Build the candidates, reuse or measure the choice for ``x``'s size, keep the winner."""
-        makers = self._candidates()
+        with torch.inference_mode(False):  # folding and exporting need normal tensors
+            return self._choose_among(self._candidates(), x)
+
+    def _choose_among(self, makers: dict[str, Callable[[], Net]], x: Tensor) -> Net:
         key = self._key(x, list(makers))
         record = self.run / ENGINE_RECORD
         entries = _read_record(record)

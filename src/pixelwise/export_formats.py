@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -415,6 +416,8 @@ def quantize_onnx(
     path = Path(path)
     with atomic_path(path) as tmp:
         pre = tmp.with_name(tmp.name + ".pre.onnx")
+        previous = logging.root.manager.disable
+        logging.disable(logging.WARNING)  # the quantizer logs every int64 shape tensor it skips
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -434,6 +437,7 @@ def quantize_onnx(
                     weight_type=QuantType.QInt8,
                 )
         finally:
+            logging.disable(previous)
             pre.unlink(missing_ok=True)
         if metadata is not None:
             set_onnx_metadata(tmp, metadata)
