@@ -178,12 +178,14 @@ def test_predict_shards_split_a_folder_without_collisions(run_dir, tmp_path, mon
         monkeypatch.delenv(key, raising=False)
     _images(tmp_path / "in")
     whole, parts = tmp_path / "whole", tmp_path / "parts"
-    assert main(["-q", "predict", str(run_dir), str(tmp_path / "in"), "--out", str(whole)]) == 0
+    torch_engine = ["--engine", "torch"]  # auto would write into the shared run and may differ
+    assert main(["-q", "predict", str(run_dir), str(tmp_path / "in"), "--out", str(whole),
+                 *torch_engine]) == 0  # fmt: skip
     outputs = []
     for i in range(2):
         code = main(
             ["-q", "predict", str(run_dir), str(tmp_path / "in"), "--out", str(parts),
-             "--shard", f"{i}/2"]
+             "--shard", f"{i}/2", *torch_engine]
         )  # fmt: skip
         assert code == 0
         outputs.append(sorted(p.name for p in parts.iterdir()))
@@ -201,7 +203,8 @@ def test_predict_under_torchrun_takes_its_rank_share(run_dir, tmp_path, monkeypa
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("LOCAL_RANK", "1")
     out = tmp_path / "o"
-    assert main(["-q", "predict", str(run_dir), str(tmp_path / "in"), "--out", str(out)]) == 0
+    argv = ["-q", "predict", str(run_dir), str(tmp_path / "in"), "--out", str(out)]
+    assert main([*argv, "--engine", "torch"]) == 0  # auto would write into the shared run
     assert sorted(p.name for p in out.glob("*_overlay.png")) == ["a__overlay.png", "c_overlay.png"]
 
 
