@@ -23,6 +23,10 @@ the peak of a 2048x2048 fp32 matmul measured in the same run. Engines (``--engin
                  uint8 activations), calibrated on 4 random normal images of the row's size
                  (random weights anyway; accuracy is bench/int8.py's job)
     ort_int8_qop the same in ONNX Runtime's QOperator format (QLinearConv written directly)
+    auto         --engine auto (pixelwise.engines.AutoEngine) on a scratch run folder of the
+                 model: its first (warm-up) call times torch, onnxruntime and the int8 file
+                 above (recorded as the run's checked int8 file, though only calibrated on
+                 random images: for timing only) and keeps the fastest; the choice is printed
 
 Every timed call of every entry -- and the matmul -- is interleaved round-robin (round r times
 each entry once), so a noisy, shared machine slows all of them alike and the ratios stay fair.
@@ -78,7 +82,7 @@ from pixelwise.predict import forward_full
 CLASSES = 21
 ENGINES = (
     "eager", "inference", "cl", "fast", "compile", "onnxruntime", "ort_spin",
-    "onnxruntime-int8", "ort_int8_qop",
+    "onnxruntime-int8", "ort_int8_qop", "auto",
 )  # fmt: skip
 PEERS = ("tv_fcn_resnet50", "tv_lraspp_mobilenet_v3", "smp_unet_resnet34")
 MATMUL_N = 2048
@@ -262,7 +266,46 @@ def make_call(
                       fmt=fmt)  # fmt: skip
         ort = OnnxRuntimeEngine(path, threads)
         return lambda: forward_full(model, x, net=ort)
+    if engine == "auto":
+        return _auto_call(model, x, spec, tmp, threads)
     raise ValueError(engine)
+
+
+AUTO: dict[str, Any] = {}  # label -> the AutoEngine, to print its choice
+
+
+def _auto_call(
+    model: nn.Module, x: Tensor, spec: Spec, tmp: Path, threads: int
+) -> Callable[[], Tensor]:
+    """``--engine auto`` on a scratch run of ``model`` (config.json + best.safetensors), with
+    the bench's int8 file recorded as the run's checked one (timing only: see the docstring)."""
+    from pixelwise import __version__
+    from pixelwise.data.classes import ClassInfo
+    from pixelwise.engines import AutoEngine, int8_record
+    from pixelwise.export_formats import set_onnx_metadata
+    from pixelwise.files import write_json
+    from pixelwise.runs import RUN_FORMAT, save_checkpoint
+
+    if spec.width is None:
+        raise ValueError("auto: registry models only")
+    run = tmp / f"run-{spec.label.replace(' ', '_')}-{x.shape[-1]}"
+    write_json(run / "config.json", {
+        "format": "pixelwise-run", "version": RUN_FORMAT, "pixelwise": __version__,
+        "model": {"name": spec.name, "num_classes": CLASSES, "kwargs": {"width": spec.width}},
+        "classes": ClassInfo.default(CLASSES).to_dict(),
+        "normalization": {"mean": [0.5] * 3, "std": [0.25] * 3},
+    })  # fmt: skip
+    save_checkpoint(run, "best", model, {"epoch": 0})
+    int8 = tmp / f"{spec.label.replace(' ', '_')}.{x.shape[-1]}.qdq.onnx"
+    if not int8.is_file():
+        make_call("onnxruntime-int8", model, x, spec, tmp, threads)
+    check = {"passed": True, "note": "bench/speed.py: random calibration, not checked"}
+    props = int8_record(run / "best.safetensors", run / "config.json", check)
+    (run / "best.int8.onnx").write_bytes(int8.read_bytes())
+    set_onnx_metadata(run / "best.int8.onnx", props)
+    auto = AutoEngine(model, run, threads=threads)
+    AUTO[f"{spec.label} {x.shape[-1]}"] = auto
+    return lambda: forward_full(model, x, net=auto)
 
 
 def _calibration(model: nn.Module, x: Tensor, count: int = 4) -> list[Any]:
@@ -677,6 +720,9 @@ def inference(args: argparse.Namespace, threads: int, say: Callable) -> dict[str
         f"interleaved with the models); batch 1, {CLASSES} classes, random weights\n"
     )
     print_table(rows, peak)
+    for label, auto in AUTO.items():
+        timed = ", ".join(f"{k} {v:.1f}" for k, v in auto.timings_ms.items())
+        print(f"\nauto on {label}: chose {auto.choice} (its first call's medians, ms: {timed})")
     for s in specs:
         if s.note:
             print(f"\n{s.label}: {s.note}")
