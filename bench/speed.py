@@ -18,6 +18,15 @@ the peak of a 2048x2048 fp32 matmul measured in the same run. Engines (``--engin
     compile      fast + torch.compile (slow to start: compiles per model and size)
     onnxruntime  exported to ONNX, run by ONNX Runtime (pixelwise.engines.OnnxRuntimeEngine)
     ort_spin     onnxruntime with its worker threads spinning between calls (ORT's default)
+    onnxruntime-int8  the ONNX file quantized to int8 by the code `pixelwise export --int8`
+                 uses (pixelwise.export_formats.quantize_onnx: QDQ, per-channel int8 weights,
+                 uint8 activations), calibrated on 4 random normal images of the row's size
+                 (random weights anyway; accuracy is bench/int8.py's job)
+    ort_int8_qop the same in ONNX Runtime's QOperator format (QLinearConv written directly)
+    auto         --engine auto (pixelwise.engines.AutoEngine) on a scratch run folder of the
+                 model: its first (warm-up) call times torch, onnxruntime and the int8 file
+                 above (recorded as the run's checked int8 file, though only calibrated on
+                 random images: for timing only) and keeps the fastest; the choice is printed
 
 Every timed call of every entry -- and the matmul -- is interleaved round-robin (round r times
 each entry once), so a noisy, shared machine slows all of them alike and the ratios stay fair.
@@ -65,12 +74,16 @@ import torch
 from torch import Tensor, nn
 
 from pixelwise.engines import OnnxRuntimeEngine, TorchEngine, make_engine
+from pixelwise.export_formats import quantize_onnx
 from pixelwise.losses import pixel_cross_entropy
 from pixelwise.models import build
 from pixelwise.predict import forward_full
 
 CLASSES = 21
-ENGINES = ("eager", "inference", "cl", "fast", "compile", "onnxruntime", "ort_spin")
+ENGINES = (
+    "eager", "inference", "cl", "fast", "compile", "onnxruntime", "ort_spin",
+    "onnxruntime-int8", "ort_int8_qop", "auto",
+)  # fmt: skip
 PEERS = ("tv_fcn_resnet50", "tv_lraspp_mobilenet_v3", "smp_unet_resnet34")
 MATMUL_N = 2048
 
@@ -245,7 +258,70 @@ def make_call(
                 make_engine(model, "onnxruntime", onnx_path=path, threads=threads)
         ort = OnnxRuntimeEngine(path, threads, spin=engine == "ort_spin")
         return lambda: forward_full(model, x, net=ort)
+    if engine in ("onnxruntime-int8", "ort_int8_qop"):
+        fmt = "qdq" if engine == "onnxruntime-int8" else "qoperator"
+        path = tmp / f"{spec.label.replace(' ', '_')}.{x.shape[-1]}.{fmt}.onnx"
+        make_call("onnxruntime", model, x, spec, tmp, threads)  # writes the float file
+        quantize_onnx(tmp / f"{spec.label.replace(' ', '_')}.onnx", path, _calibration(model, x),
+                      fmt=fmt)  # fmt: skip
+        ort = OnnxRuntimeEngine(path, threads)
+        return lambda: forward_full(model, x, net=ort)
+    if engine == "auto":
+        return _auto_call(model, x, spec, tmp, threads)
     raise ValueError(engine)
+
+
+AUTO: dict[str, Any] = {}  # label -> the AutoEngine, to print its choice
+
+
+def _auto_call(
+    model: nn.Module, x: Tensor, spec: Spec, tmp: Path, threads: int
+) -> Callable[[], Tensor]:
+    """``--engine auto`` on a scratch run of ``model`` (config.json + best.safetensors), with
+    the bench's int8 file recorded as the run's checked one (timing only: see the docstring)."""
+    from pixelwise import __version__
+    from pixelwise.data.classes import ClassInfo
+    from pixelwise.engines import AutoEngine, int8_record
+    from pixelwise.export_formats import set_onnx_metadata
+    from pixelwise.files import write_json
+    from pixelwise.runs import RUN_FORMAT, save_checkpoint
+
+    if spec.width is None:
+        raise ValueError("auto: registry models only")
+    run = tmp / f"run-{spec.label.replace(' ', '_')}-{x.shape[-1]}"
+    write_json(run / "config.json", {
+        "format": "pixelwise-run", "version": RUN_FORMAT, "pixelwise": __version__,
+        "model": {"name": spec.name, "num_classes": CLASSES, "kwargs": {"width": spec.width}},
+        "classes": ClassInfo.default(CLASSES).to_dict(),
+        "normalization": {"mean": [0.5] * 3, "std": [0.25] * 3},
+    })  # fmt: skip
+    save_checkpoint(run, "best", model, {"epoch": 0})
+    int8 = tmp / f"{spec.label.replace(' ', '_')}.{x.shape[-1]}.qdq.onnx"
+    if not int8.is_file():
+        make_call("onnxruntime-int8", model, x, spec, tmp, threads)
+    check = {"passed": True, "note": "bench/speed.py: random calibration, not checked"}
+    props = int8_record(run / "best.safetensors", run / "config.json", check)
+    (run / "best.int8.onnx").write_bytes(int8.read_bytes())
+    set_onnx_metadata(run / "best.int8.onnx", props)
+    auto = AutoEngine(model, run, threads=threads)
+    AUTO[f"{spec.label} {x.shape[-1]}"] = auto
+    return lambda: forward_full(model, x, net=auto)
+
+
+def _calibration(model: nn.Module, x: Tensor, count: int = 4) -> list[Any]:
+    """``count`` random normal inputs shaped as what the net receives for ``x`` (the valid
+    U-Net's mirror padding included), for int8 calibration."""
+    seen: list[Tensor] = []
+
+    def capture(t: Tensor) -> Tensor:
+        seen.append(t)
+        return torch.zeros(t.shape[0], 1, *model.output_size(*t.shape[-2:]))
+
+    if hasattr(model, "border"):
+        forward_full(model, x, net=capture)
+    shape = seen[0].shape if seen else x.shape
+    gen = torch.Generator().manual_seed(0)
+    return [torch.randn(shape, generator=gen).numpy() for _ in range(count)]
 
 
 def _copy_to(model: nn.Module, fmt: torch.memory_format) -> nn.Module:
@@ -328,8 +404,8 @@ def _cpu_name() -> str:
 
 def print_table(rows: list[dict[str, Any]], peak: float) -> None:
     header = (
-        f"{'model':<26} {'size':>5} {'params':>8} {'GMAC':>7} {'engine':<12} {'ms':>9} "
-        f"{'img/s':>7} {'GFLOP/s':>8} {'% peak':>7} {'x eager':>8} {'argmax=':>8}"
+        f"{'model':<26} {'size':>5} {'params':>8} {'GMAC':>7} {'engine':<16} {'ms':>9} "
+        f"{'img/s':>7} {'GFLOP/s':>8} {'% peak':>7} {'x eager':>8} {'x ort':>7} {'argmax=':>8}"
     )
     print(header)
     print("-" * len(header))
@@ -341,9 +417,11 @@ def print_table(rows: list[dict[str, Any]], peak: float) -> None:
         last = group
         print(
             f"{r['model']:<26} {r['size']:>5} {r['params'] / 1e6:>7.2f}M {r['gmac']:>7.2f} "
-            f"{r['engine']:<12} {1000 * r['seconds']:>9.1f} {r['images_per_s']:>7.2f} "
+            f"{r['engine']:<16} {1000 * r['seconds']:>9.1f} {r['images_per_s']:>7.2f} "
             f"{r['gflops']:>8.1f} {100 * r['gflops'] / peak:>6.0f}% "
             + _or_dash(r["speedup_vs_eager"], "{:>7.2f}x", 8)
+            + " "
+            + _or_dash(r.get("speedup_vs_onnxruntime", math.nan), "{:>6.2f}x", 7)
             + " "
             + _or_dash(100 * r["argmax_agreement"], "{:>7.2f}%", 8)
         )
@@ -380,6 +458,7 @@ def plot(rows: list[dict[str, Any]], peak: float, path: Path, title: str) -> Non
     fig, ax = plt.subplots(figsize=(8.5, 5.5), dpi=110)
     markers = {"eager": "o", "inference": "v", "cl": "^", "fast": "s", "compile": "P"}
     markers["onnxruntime"] = "D"
+    markers["onnxruntime-int8"] = "*"
     colors: dict[str, Any] = {}
     cmap = plt.get_cmap("tab10")
     for r in rows:
@@ -598,7 +677,10 @@ def inference(args: argparse.Namespace, threads: int, say: Callable) -> dict[str
     rows = []
     eager_out: dict[tuple[str, int], Tensor] = {}
     eager_time: dict[tuple[str, int], float] = {}
+    ort_time: dict[tuple[str, int], float] = {}
     for e in entries[1:]:
+        if e.key["engine"] == "onnxruntime":
+            ort_time[(e.key["model"], e.key["size"])] = statistics.median(e.times)
         if e.key["engine"] == "eager":
             eager_out[(e.key["model"], e.key["size"])] = e.output
             eager_time[(e.key["model"], e.key["size"])] = statistics.median(e.times)
@@ -629,6 +711,7 @@ def inference(args: argparse.Namespace, threads: int, say: Callable) -> dict[str
                 "gflops": 2 * info[k]["macs"] / t / 1e9,
                 "utilisation": 2 * info[k]["macs"] / t / 1e9 / peak,
                 "speedup_vs_eager": eager_time[k] / t if k in eager_time else float("nan"),
+                "speedup_vs_onnxruntime": ort_time[k] / t if k in ort_time else float("nan"),
                 "argmax_agreement": agree,
             }
         )
@@ -637,6 +720,9 @@ def inference(args: argparse.Namespace, threads: int, say: Callable) -> dict[str
         f"interleaved with the models); batch 1, {CLASSES} classes, random weights\n"
     )
     print_table(rows, peak)
+    for label, auto in AUTO.items():
+        timed = ", ".join(f"{k} {v:.1f}" for k, v in auto.timings_ms.items())
+        print(f"\nauto on {label}: chose {auto.choice} (its first call's medians, ms: {timed})")
     for s in specs:
         if s.note:
             print(f"\n{s.label}: {s.note}")

@@ -71,6 +71,8 @@ def test_predict_writes_mask_and_overlay_for_odd_sizes(run_dir, tmp_path, capsys
                 str(tmp_path / "g.png"),
                 "--out",
                 str(out),
+                "--engine",
+                "torch",  # auto would write RUN/engine.json into the shared run
             ]
         )
         == 0
@@ -113,7 +115,20 @@ def test_incomplete_run_directory(tmp_path, capsys):
 def test_evaluate_writes_json_and_png(run_dir, digits_folder, tmp_path, capsys):
     out = tmp_path / "ev"
     assert (
-        main(["-q", "evaluate", str(run_dir), "--data", str(digits_folder), "--out", str(out)]) == 0
+        main(
+            [
+                "-q",
+                "evaluate",
+                str(run_dir),
+                "--data",
+                str(digits_folder),
+                "--out",
+                str(out),
+                "--engine",
+                "torch",
+            ]
+        )
+        == 0  # fmt: skip
     )
     printed = capsys.readouterr().out
     assert "mean IoU" in printed and "frequency-weighted IoU" in printed

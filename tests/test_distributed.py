@@ -150,7 +150,8 @@ def test_torchrun_two_processes_match_one(digits_folder, tmp_path):
     # validation split over the 2 ranks and all-reduced == one process on the same weights
     info = json.loads((two / "last.json").read_text())
     assert main(["-q", "evaluate", str(two), "--data", str(digits_folder), "--checkpoint",
-                 "last", "--device", "cpu", "--out", str(tmp_path / "ev")]) == 0  # fmt: skip
+                 "last", "--device", "cpu", "--out", str(tmp_path / "ev"),
+                 "--engine", "torch"]) == 0  # fmt: skip
     report = json.loads((tmp_path / "ev" / "eval_val.json").read_text())
     for key in ("pixel_accuracy", "mean_accuracy", "mean_iou", "fw_iou"):
         assert report[key] == info["val"][key], key
@@ -177,12 +178,14 @@ def test_predict_shards_split_a_folder_without_collisions(run_dir, tmp_path, mon
         monkeypatch.delenv(key, raising=False)
     _images(tmp_path / "in")
     whole, parts = tmp_path / "whole", tmp_path / "parts"
-    assert main(["-q", "predict", str(run_dir), str(tmp_path / "in"), "--out", str(whole)]) == 0
+    torch_engine = ["--engine", "torch"]  # auto would write into the shared run and may differ
+    assert main(["-q", "predict", str(run_dir), str(tmp_path / "in"), "--out", str(whole),
+                 *torch_engine]) == 0  # fmt: skip
     outputs = []
     for i in range(2):
         code = main(
             ["-q", "predict", str(run_dir), str(tmp_path / "in"), "--out", str(parts),
-             "--shard", f"{i}/2"]
+             "--shard", f"{i}/2", *torch_engine]
         )  # fmt: skip
         assert code == 0
         outputs.append(sorted(p.name for p in parts.iterdir()))
@@ -200,7 +203,8 @@ def test_predict_under_torchrun_takes_its_rank_share(run_dir, tmp_path, monkeypa
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("LOCAL_RANK", "1")
     out = tmp_path / "o"
-    assert main(["-q", "predict", str(run_dir), str(tmp_path / "in"), "--out", str(out)]) == 0
+    argv = ["-q", "predict", str(run_dir), str(tmp_path / "in"), "--out", str(out)]
+    assert main([*argv, "--engine", "torch"]) == 0  # auto would write into the shared run
     assert sorted(p.name for p in out.glob("*_overlay.png")) == ["a__overlay.png", "c_overlay.png"]
 
 

@@ -19,10 +19,12 @@ docs/performance.md.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,11 +38,16 @@ from pixelwise.models.base import SegmentationModel
 __all__ = [
     "DEFAULT_ENGINE",
     "ENGINES",
+    "LIBRARY_ENGINE",
+    "AutoEngine",
     "Net",
     "OnnxRuntimeEngine",
     "TorchEngine",
     "cpu_threads",
+    "find_int8",
     "fold_batchnorm",
+    "int8_cache_paths",
+    "int8_for_run",
     "make_engine",
     "onnx_cache_dir",
     "onnx_for_run",
@@ -48,12 +55,17 @@ __all__ = [
 
 Net = Callable[[Tensor], Tensor]
 
-ENGINES = ("torch", "onnxruntime")
-# bench/speed.py: onnxruntime is not clearly faster than the folded channels-last torch model on
-# these nets (docs/performance.md), and it is an optional dependency, so torch stays the default.
-DEFAULT_ENGINE = "torch"
+ENGINES = ("auto", "torch", "onnxruntime", "onnxruntime-int8")
+# bench/speed.py: which engine is fastest depends on the net, the size and the machine
+# (docs/performance.md), so the commands time the available ones on the first image: "auto".
+# Library calls (Segmenter.from_run without engine) keep the plain torch engine: they never
+# write into a run folder or spend time measuring unless asked.
+DEFAULT_ENGINE = "auto"
+LIBRARY_ENGINE = "torch"
 ONNX_CACHE_FORMAT = 1  # bump to invalidate every cached .onnx file
 _KEY = "pixelwise_cache_key"  # metadata entry of a cached export
+INT8_CHECK = "pixelwise_int8_check"  # metadata entry of a checked int8 file: its accuracy check
+ENGINE_RECORD = "engine.json"  # RUN/engine.json: the choices of --engine auto
 
 
 # --------------------------------------------------------------------------- BatchNorm folding
@@ -376,6 +388,18 @@ def _export_checked(model: SegmentationModel, path: Path, in_channels: int, key:
         verify_export(net, tmp, "onnx", in_channels, min_input_size(net), name=path)
 
 
+def _checkpoint_of(run: Path, which: str) -> Path:
+    """``RUN``'s ``which`` checkpoint file (``last`` where ``best`` is missing, as load_run)."""
+    from pixelwise.runs import checkpoint_path
+
+    checkpoint = checkpoint_path(run, which)
+    if not checkpoint.is_file() and which == "best":
+        checkpoint = checkpoint_path(run, "last")
+    if not checkpoint.is_file():
+        raise ConfigError(f"{checkpoint}: checkpoint file is missing")
+    return checkpoint
+
+
 def onnx_for_run(
     run: str | Path,
     model: SegmentationModel,
@@ -393,15 +417,9 @@ def onnx_for_run(
     run's absolute path. Writes are atomic; the export is checked against ``model`` on two image
     sizes before it is used.
     """
-    from pixelwise.runs import checkpoint_path
-
     _import_ort()
     run = Path(run)
-    checkpoint = checkpoint_path(run, which)
-    if not checkpoint.is_file() and which == "best":  # as load_run does
-        checkpoint = checkpoint_path(run, "last")
-    if not checkpoint.is_file():
-        raise ConfigError(f"{checkpoint}: checkpoint file is missing")
+    checkpoint = _checkpoint_of(run, which)
     config = run / "config.json"
     run_id = hashlib.sha256(str(run.resolve()).encode()).hexdigest()[:16]
     fallback = Path(cache_dir or onnx_cache_dir()) / f"{run_id}-{checkpoint.stem}.onnx"
@@ -425,6 +443,238 @@ def onnx_for_run(
     raise ConfigError(f"{fallback}: cannot write the ONNX export (permission denied)")
 
 
+# ---------------------------------------------------------------------------------------- int8
+
+
+def int8_cache_paths(
+    run: str | Path, which: str = "best", cache_dir: str | Path | None = None
+) -> tuple[Path, Path]:
+    """Where ``RUN``'s checked int8 file lives: ``RUN/<checkpoint>.int8.onnx`` and, for a
+    read-only run folder, the user cache (:func:`onnx_cache_dir`)."""
+    run = Path(run)
+    checkpoint = _checkpoint_of(run, which)
+    run_id = hashlib.sha256(str(run.resolve()).encode()).hexdigest()[:16]
+    fallback = Path(cache_dir or onnx_cache_dir()) / f"{run_id}-{checkpoint.stem}.int8.onnx"
+    return checkpoint.with_suffix(".int8.onnx"), fallback
+
+
+def int8_record(checkpoint: Path, config: Path, check: dict[str, Any]) -> dict[str, str]:
+    """The metadata entries that make an int8 file ``RUN``'s checked one: the cache key of its
+    checkpoint and the accuracy check it passed (see :func:`find_int8`)."""
+    key = _cache_key(checkpoint, config, sha=True)
+    return {_KEY: json.dumps(key), INT8_CHECK: json.dumps(check)}
+
+
+def find_int8(
+    run: str | Path, which: str = "best", cache_dir: str | Path | None = None
+) -> Path | None:
+    """``RUN``'s int8 file for its current ``which`` checkpoint, if one was written by
+    ``pixelwise export RUN --int8`` and passed its accuracy check; else ``None`` (never
+    quantizes: that takes calibration images and a check on the validation split)."""
+    try:
+        import onnx
+    except ImportError:
+        return None
+    run = Path(run)
+    checkpoint = _checkpoint_of(run, which)
+    for path in int8_cache_paths(run, which, cache_dir):
+        if not path.is_file():
+            continue
+        try:
+            proto = onnx.load(str(path), load_external_data=False)
+            props = {p.key: p.value for p in proto.metadata_props}
+            check = json.loads(props.get(INT8_CHECK, "null"))
+        except Exception:  # an unreadable file is no int8 file
+            continue
+        if (
+            isinstance(check, dict)
+            and check.get("passed") is True
+            and _key_matches(props.get(_KEY), checkpoint, run / "config.json")
+        ):
+            return path
+    return None
+
+
+def int8_for_run(
+    run: str | Path,
+    which: str = "best",
+    threads: int | None = None,
+    cache_dir: str | Path | None = None,
+) -> OnnxRuntimeEngine:
+    """The ONNX Runtime engine of ``RUN``'s checked int8 file (:func:`find_int8`);
+    ``ConfigError`` saying how to make one when there is none."""
+    _import_ort()
+    path = find_int8(run, which, cache_dir)
+    if path is None:
+        raise ConfigError(
+            f"--engine onnxruntime-int8: {run} has no checked int8 file for its {which} "
+            f"checkpoint; make one with: pixelwise export {run} --format onnx --int8 --out FILE"
+        )
+    return OnnxRuntimeEngine(path, threads)
+
+
+# ---------------------------------------------------------------------------------- auto choice
+
+
+def _machine() -> str:
+    """This machine, for a recorded engine choice: host name, processor, core count."""
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    return f"{platform.node()} | {cpu} | {os.cpu_count()} CPUs"
+
+
+def _median_ms(times: list[float]) -> float:
+    return 1000 * sorted(times)[len(times) // 2]
+
+
+class AutoEngine:
+    """``--engine auto``: the first call times every engine available here on its input and
+    keeps the fastest.
+
+    ``engine(x)``: as every engine, ``(N, in_channels, h, w) -> (N, num_classes, h', w')``.
+    Available: ``torch`` always; ``onnxruntime`` when it is installed and the model exports
+    (cached with the run, :func:`onnx_for_run`); ``onnxruntime-int8`` only when the run already
+    has a checked int8 file (:func:`find_int8`; never quantized here). Each candidate gets
+    ``warmup`` calls, then ``repeats`` interleaved rounds (one call each, so load slows all
+    alike); the lowest median wins. The choice and the timings go to ``RUN/engine.json``
+    (atomic) and are reused when this machine, the thread count, the input size, the checkpoint
+    and the candidates are the same; a record that cannot be read is named in a warning and
+    measured again. ``choice`` / ``timings_ms`` say what was picked.
+    """
+
+    def __init__(
+        self,
+        model: SegmentationModel,
+        run: str | Path,
+        which: str = "best",
+        in_channels: int | None = None,
+        threads: int | None = None,
+        warmup: int = 1,
+        repeats: int = 3,
+    ) -> None:
+        self.model, self.run, self.which = model, Path(run), which
+        self.in_channels = int(in_channels or model.in_channels)
+        self.threads, self.warmup, self.repeats = threads, warmup, repeats
+        self.choice: str | None = None
+        self.timings_ms: dict[str, float] = {}
+        self.skipped: dict[str, str] = {}  # engine -> why it was not a candidate
+        self.reused = False
+        self._net: Net | None = None
+
+    def __call__(self, x: Tensor) -> Tensor:
+        if self._net is None:
+            self._net = self._choose(x)
+        return self._net(x)
+
+    def _candidates(self) -> dict[str, Callable[[], Net]]:
+        """Engine name -> builder, for the engines available here (reasons in ``skipped``)."""
+        makers: dict[str, Callable[[], Net]] = {"torch": lambda: TorchEngine(self.model)}
+        try:
+            _import_ort()
+        except ConfigError:
+            self.skipped["onnxruntime"] = "onnxruntime is not installed"
+            return makers
+        makers["onnxruntime"] = lambda: onnx_for_run(
+            self.run, self.model, self.in_channels, self.which, self.threads
+        )
+        if find_int8(self.run, self.which) is None:
+            self.skipped["onnxruntime-int8"] = "no checked int8 file (pixelwise export --int8)"
+        else:
+            makers["onnxruntime-int8"] = lambda: int8_for_run(self.run, self.which, self.threads)
+        return makers
+
+    def _key(self, x: Tensor, names: list[str]) -> dict[str, Any]:
+        checkpoint = _checkpoint_of(self.run, self.which)
+        stat = checkpoint.stat()
+        return {
+            "machine": _machine(),
+            "threads": int(self.threads or torch.get_num_threads()),
+            "input": list(x.shape[1:]),
+            "checkpoint": [checkpoint.name, stat.st_size, stat.st_mtime_ns],
+            "candidates": sorted(names),
+        }
+
+    def _choose(self, x: Tensor) -> Net:
+        """Build the candidates, reuse or measure the choice for ``x``'s size, keep the winner."""
+        with torch.inference_mode(False):  # folding and exporting need normal tensors
+            return self._choose_among(self._candidates(), x)
+
+    def _choose_among(self, makers: dict[str, Callable[[], Net]], x: Tensor) -> Net:
+        key = self._key(x, list(makers))
+        record = self.run / ENGINE_RECORD
+        entries = _read_record(record)
+        known = next((e for e in entries if e.get("key") == key), None)
+        if known is not None and known.get("engine") in makers:
+            self.choice, self.timings_ms = known["engine"], dict(known.get("timings_ms", {}))
+            self.reused = True
+            return makers[self.choice]()
+        nets: dict[str, Net] = {}
+        for name, make in makers.items():
+            try:
+                nets[name] = make()
+            except ConfigError as err:  # e.g. a model the ONNX exporter cannot handle
+                self.skipped[name] = str(err)
+        times: dict[str, list[float]] = {name: [] for name in nets}
+        with torch.inference_mode():
+            for net in nets.values():
+                for _ in range(self.warmup):
+                    net(x)
+            for _ in range(self.repeats):
+                for name, net in nets.items():
+                    t0 = time.perf_counter()
+                    net(x)
+                    times[name].append(time.perf_counter() - t0)
+        self.timings_ms = {name: round(_median_ms(t), 3) for name, t in times.items()}
+        self.choice = min(self.timings_ms, key=self.timings_ms.__getitem__)
+        entry = {
+            "key": key,
+            "engine": self.choice,
+            "timings_ms": self.timings_ms,
+            "skipped": self.skipped,
+            "repeats": self.repeats,
+            "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        _write_record(record, [e for e in entries if e.get("key") != key] + [entry])
+        return nets[self.choice]
+
+
+def _read_record(path: Path) -> list[dict[str, Any]]:
+    """The entries of ``RUN/engine.json``; none (with a warning naming the file) when it exists
+    but is not a record this code wrote."""
+    import warnings
+
+    if not path.is_file():
+        return []
+    try:
+        data = json.loads(path.read_text())
+        entries = data["entries"]
+        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+            raise ValueError("'entries' is not a list of objects")
+        return entries
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        warnings.warn(
+            f"{path}: unreadable engine record ({type(err).__name__}: {err}); timing the "
+            "engines again",
+            stacklevel=3,
+        )
+        return []
+
+
+def _write_record(path: Path, entries: list[dict[str, Any]]) -> None:
+    """Write ``RUN/engine.json`` atomically; a read-only run folder keeps no record."""
+    from pixelwise.files import write_json
+
+    with contextlib.suppress(OSError):
+        write_json(path, {"format": "pixelwise-engine-choice", "version": 1, "entries": entries})
+
+
 # ------------------------------------------------------------------------------- engine choice
 
 
@@ -439,18 +689,30 @@ def make_engine(
     compile: bool = False,
     onnx_path: str | Path | None = None,
 ) -> Net:
-    """The network call for ``engine`` (``torch`` or ``onnxruntime``).
+    """The network call for ``engine`` (one of :data:`ENGINES`).
 
     ``onnxruntime`` needs ``run`` (exports are cached with the run, :func:`onnx_for_run`) or
-    ``onnx_path`` (a file to write, overwritten). ``compile`` applies to ``torch`` only.
+    ``onnx_path`` (a file to write, overwritten). ``onnxruntime-int8`` needs ``run`` and its
+    checked int8 file (:func:`int8_for_run`). ``auto`` (:class:`AutoEngine`) needs ``run`` and
+    a model on the CPU; otherwise, and with ``compile``, it is ``torch``. ``compile`` applies
+    to ``torch`` only.
     """
     if engine not in ENGINES:
         raise ConfigError(f"--engine: choose one of {', '.join(ENGINES)}, got {engine!r}")
+    if engine == "auto":
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        if run is not None and device.type == "cpu" and not compile:
+            return AutoEngine(model, run, which, in_channels, threads)
+        engine = "torch"
     if engine == "torch":
         return TorchEngine(model, compile=compile)
     if compile:
         raise ConfigError("--compile: applies to --engine torch only")
     channels = int(in_channels or model.in_channels)
+    if engine == "onnxruntime-int8":
+        if run is None:
+            raise ConfigError("--engine onnxruntime-int8: needs a run directory")
+        return int8_for_run(run, which, threads)
     if run is not None:
         return onnx_for_run(run, model, channels, which, threads)
     if onnx_path is None:

@@ -40,9 +40,13 @@ __all__ = [
     "EXTRA_FILE",
     "LOGIT_TOLERANCE",
     "ExportReport",
+    "Int8Report",
     "ScatterUnpool",
     "export_onnx",
+    "calibration_inputs",
+    "export_int8",
     "export_run",
+    "int8_check",
     "export_torchscript",
     "exportable",
     "min_input_size",
@@ -192,3 +196,221 @@ def export_run(
         checks = verify_export(model, tmp, fmt, in_channels, min_size, name=out)
         size = tmp.stat().st_size
     return ExportReport(out, fmt, meta["model"], size, checks, meta)
+
+
+# ---------------------------------------------------------------------------------------- int8
+
+INT8_TOLERANCE = 0.01  # mean IoU the int8 file may lose against the float model (1 point)
+
+
+@dataclass
+class Int8Report:
+    """What :func:`export_int8` wrote and how the int8 file compares with the float model."""
+
+    path: Path
+    model: str
+    bytes: int
+    float_bytes: int
+    check: dict[str, Any]
+    cached: Path | None
+
+    def lines(self) -> list[str]:
+        """Human-readable summary: the file, the accuracy check, where the engine finds it."""
+        c = self.check
+        out = [
+            f"wrote {self.path} (onnx int8 {c['quant_format']}, model {self.model}, "
+            f"{self.bytes / 1e6:.2f} MB; float {self.float_bytes / 1e6:.2f} MB)",
+            f"  calibrated on {c['calibration_images']} {c['calibration_split']} image(s) of "
+            f"{c['data']}",
+            f"  check on {c['images']} {c['split']} image(s): mean IoU {c['miou_float']:.4f} "
+            f"(float) -> {c['miou_int8']:.4f} (int8), change {100 * c['miou_change']:+.2f} "
+            f"points (tolerance {100 * c['tolerance']:.2f}); argmax agreement "
+            f"{100 * c['argmax_agreement']:.2f}%",
+        ]
+        if self.cached is not None:
+            out.append(f"  kept as {self.cached} for --engine onnxruntime-int8 / auto")
+        else:
+            out.append("  not kept with the run (folder and cache not writable)")
+        return out
+
+
+def _run_split(loaded: Any, split: str) -> Any:
+    """``loaded``'s dataset ``split`` opened as its training opened it (layout, label map,
+    seeded val split; the run's classes)."""
+    from pixelwise.training import TrainConfig
+    from pixelwise.training.setup import open_split
+
+    try:
+        config = TrainConfig.from_dict(loaded.config["train"])
+    except (KeyError, TypeError) as err:
+        raise ConfigError(f"config.json: has no usable 'train' section ({err})") from None
+    classes = None if str(config.data) == "digits" else loaded.classes
+    return open_split(config, split, loaded.in_channels, classes=classes)
+
+
+def _net_input(model: Any, image: Any, mean: Any, std: Any, input_scale: float) -> Any:
+    """The float32 array ``(1, C, h, w)`` the network receives for ``image (H, W, C)`` uint8 in
+    prediction: normalised, resized by the run's input scale, mirror-padded for the valid
+    U-Net (captured from :func:`pixelwise.predict.forward_full` itself)."""
+    import torch
+
+    from pixelwise.data.transforms import to_tensor
+    from pixelwise.predict import forward_full
+
+    seen: list[torch.Tensor] = []
+
+    def capture(t: torch.Tensor) -> torch.Tensor:
+        seen.append(t)
+        return torch.zeros(t.shape[0], 1, *model.output_size(*t.shape[-2:]))
+
+    x = to_tensor(image, mean, std).unsqueeze(0)
+    forward_full(model, x, net=capture, input_scale=input_scale)
+    return seen[0].numpy().astype("float32")
+
+
+def calibration_inputs(loaded: Any, count: int, seed: int = 0) -> tuple[list[Any], str]:
+    """``count`` images of ``loaded``'s training split (a seeded sample) as network inputs
+    (:func:`_net_input`), and the data's name."""
+    import numpy as np
+
+    if count < 1:
+        raise ConfigError(f"--calibration-images: must be at least 1, got {count}")
+    train = _run_split(loaded, "train")
+    rng = np.random.default_rng(seed)
+    picks = sorted(rng.choice(len(train), size=min(count, len(train)), replace=False).tolist())
+    scale = float(loaded.config.get("train", {}).get("input_scale", 1.0))
+    inputs = [
+        _net_input(loaded.model, train[i].image, loaded.mean, loaded.std, scale) for i in picks
+    ]
+    return inputs, str(loaded.config["train"]["data"])
+
+
+def int8_check(
+    loaded: Any, int8_net: Any, images: int | None = None, progress: Any = None
+) -> dict[str, Any]:
+    """Float model vs ``int8_net`` (an engine) on ``loaded``'s validation split, predicted as
+    ``pixelwise evaluate`` does: both mean IoUs and pixel accuracies, and the share of pixels
+    whose argmax agrees. ``images``: the first N validation images (None: all)."""
+    import torch
+
+    from pixelwise.data.transforms import mask_to_tensor, to_tensor
+    from pixelwise.metrics import confusion_matrix, scores
+    from pixelwise.predict import forward_full
+
+    val = _run_split(loaded, "val")
+    model, classes = loaded.model.eval(), loaded.classes
+    scale = float(loaded.config.get("train", {}).get("input_scale", 1.0))
+    c = classes.num_classes
+    cms = [torch.zeros(c, c, dtype=torch.int64) for _ in range(2)]
+    same = total = 0
+    indices = range(len(val) if images is None else min(images, len(val)))
+    with torch.inference_mode():
+        for i in progress(indices) if progress else indices:
+            sample = val[i]
+            x = to_tensor(sample.image, loaded.mean, loaded.std).unsqueeze(0)
+            y = mask_to_tensor(sample.mask).unsqueeze(0)
+            preds = [
+                forward_full(model, x, net=net, input_scale=scale).argmax(1)
+                for net in (None, int8_net)
+            ]
+            for cm, pred in zip(cms, preds, strict=True):
+                cm += confusion_matrix(pred, y, c, classes.ignore_index)
+            same += int((preds[0] == preds[1]).sum())
+            total += preds[0].numel()
+    s32, s8 = scores(cms[0]), scores(cms[1])
+    return {
+        "split": "val",
+        "images": len(indices),
+        "miou_float": s32["mean_iou"],
+        "miou_int8": s8["mean_iou"],
+        "miou_change": s8["mean_iou"] - s32["mean_iou"],
+        "pixel_accuracy_float": s32["pixel_accuracy"],
+        "pixel_accuracy_int8": s8["pixel_accuracy"],
+        "argmax_agreement": same / max(1, total),
+    }
+
+
+def export_int8(
+    run: str | Path,
+    out: str | Path,
+    checkpoint: str = "best",
+    *,
+    calibration_images: int = 32,
+    tolerance: float = INT8_TOLERANCE,
+    check_images: int | None = None,
+    fmt: str = "onnx",
+    quant_format: str = "qdq",
+    progress: Any = None,
+) -> Int8Report:
+    """Export ``RUN``'s ``checkpoint`` as an int8 ONNX file at ``out``, accuracy-checked.
+
+    The float export (verified as :func:`export_run`'s) is quantized statically
+    (:func:`pixelwise.export_formats.quantize_onnx`: QDQ, per-channel int8 weights, uint8
+    activations) with ranges from ``calibration_images`` training images preprocessed as
+    prediction does them; then the float model and the int8 file predict the validation split
+    (:func:`int8_check`). When the int8 mean IoU is more than ``tolerance`` below the float
+    one, ``ConfigError`` gives the numbers and nothing is written. Otherwise ``out`` gets the
+    file with the run's metadata and the check (``pixelwise_int8_check``), and the same file
+    is kept as ``RUN/<checkpoint>.int8.onnx`` (or in the user cache when the run folder is
+    read-only), where ``--engine onnxruntime-int8`` and ``auto`` find it.
+    """
+    import math
+    import tempfile
+
+    from pixelwise.engines import OnnxRuntimeEngine, int8_cache_paths, int8_record
+    from pixelwise.export_formats import quantize_onnx, set_onnx_metadata
+    from pixelwise.files import atomic_open
+    from pixelwise.runs import checkpoint_path, load_run
+
+    if fmt != "onnx":
+        raise ConfigError(f"--int8: needs --format onnx, got --format {fmt}")
+    if not (math.isfinite(tolerance)):
+        raise ConfigError(f"--int8-tolerance: must be a finite number, got {tolerance}")
+    if check_images is not None and check_images < 1:
+        raise ConfigError(f"--check-images: must be at least 1, got {check_images}")
+    out = Path(out)
+    if out.is_dir():
+        raise ConfigError(f"--out {out}: is a folder; give a file name such as model.int8.onnx")
+    loaded = load_run(run, checkpoint, device="cpu")
+    calibration, data = calibration_inputs(loaded, calibration_images)
+    with tempfile.TemporaryDirectory(prefix="pixelwise-int8-") as tmpdir:
+        fp32, int8 = Path(tmpdir) / "float.onnx", Path(tmpdir) / "int8.onnx"
+        export_run(run, fp32, "onnx", checkpoint)
+        quantize_onnx(fp32, int8, calibration, fmt=quant_format)
+        check = int8_check(loaded, OnnxRuntimeEngine(int8), check_images, progress)
+        check.update(
+            tolerance=tolerance, data=data, calibration_split="train", quant_format=quant_format,
+            calibration_images=len(calibration), passed=check["miou_change"] >= -tolerance,
+        )  # fmt: skip
+        if not check["passed"]:
+            raise ConfigError(
+                f"--int8-tolerance {tolerance:g}: the int8 model loses "
+                f"{-100 * check['miou_change']:.2f} points of mean IoU on {check['images']} "
+                f"val image(s) of {data} ({check['miou_float']:.4f} -> {check['miou_int8']:.4f}"
+                f", argmax agreement {100 * check['argmax_agreement']:.2f}%); nothing was "
+                "written (use the float export, or raise --int8-tolerance)"
+            )
+        meta = run_metadata(loaded, checkpoint, min_input_size(loaded.model))
+        props = {k: json.dumps(v) for k, v in meta.items()}
+        ckpt = _checkpoint_file(Path(run), checkpoint, checkpoint_path)
+        props.update(int8_record(ckpt, Path(run) / "config.json", check))
+        set_onnx_metadata(int8, props)
+        data_bytes, float_bytes = int8.read_bytes(), fp32.stat().st_size
+    with atomic_open(out, "wb") as f:
+        f.write(data_bytes)
+    cached = None
+    for target in int8_cache_paths(run, checkpoint):
+        try:
+            with atomic_open(target, "wb") as f:
+                f.write(data_bytes)
+        except OSError:
+            continue
+        cached = target
+        break
+    return Int8Report(out, loaded.config["model"]["name"], len(data_bytes), float_bytes, check,
+                      cached)  # fmt: skip
+
+
+def _checkpoint_file(run: Path, which: str, checkpoint_path: Any) -> Path:
+    path = checkpoint_path(run, which)
+    return path if path.is_file() or which != "best" else checkpoint_path(run, "last")

@@ -148,22 +148,27 @@ class Segmenter:
         engine: str | None = None,
         compile: bool = False,
         threads: int | None = None,
+        folder: str | Path | None = None,
     ) -> Segmenter:
         """Load ``RUN``'s ``which`` checkpoint with the network call of ``engine``.
 
         ``engine``: ``torch`` (default: BatchNorm folded, channels-last on CPUs, optionally
-        ``compile``d) or ``onnxruntime`` (exported once and cached as ``RUN/best.onnx``, run with
-        ``threads`` intra-op threads); see :mod:`pixelwise.engines`. A ``LoadedRun`` has no
-        folder to cache an export in: ``onnxruntime`` needs the run's path.
+        ``compile``d), ``onnxruntime`` (exported once and cached as ``RUN/best.onnx``, run with
+        ``threads`` intra-op threads), ``onnxruntime-int8`` (the run's checked int8 file from
+        ``pixelwise export --int8``) or ``auto`` (the commands' default: the fastest of those
+        available, timed on the first image and recorded in ``RUN/engine.json``); see
+        :mod:`pixelwise.engines`. A ``LoadedRun`` has no folder to cache an export in: give
+        ``folder`` (its run directory) for the engines that need one, else ``auto`` is torch.
         """
-        from pixelwise.engines import DEFAULT_ENGINE, make_engine
+        from pixelwise.engines import LIBRARY_ENGINE, make_engine
 
         dev = resolve_device(device)
         loaded = run if isinstance(run, LoadedRun) else load_run(run, which, device=dev)
         loaded.model.to(dev).eval()
-        folder = None if isinstance(run, LoadedRun) else run
+        if not isinstance(run, LoadedRun):
+            folder = run
         net = make_engine(
-            loaded.model, engine or DEFAULT_ENGINE, run=folder, which=which,
+            loaded.model, engine or LIBRARY_ENGINE, run=folder, which=which,
             in_channels=loaded.in_channels, threads=threads, compile=compile,
         )  # fmt: skip
         train = loaded.config.get("train", {})

@@ -191,6 +191,17 @@ def cmd_export(args: argparse.Namespace) -> int:
     run = Path(args.run)
     if run.is_dir():  # the file written must not replace anything of the run
         check_outputs_apart([p for p in run.iterdir() if p.is_file()], args.out)
+    if args.int8:
+        from pixelwise.export import export_int8
+
+        report = export_int8(
+            args.run, args.out, args.checkpoint, calibration_images=args.calibration_images,
+            tolerance=args.int8_tolerance, check_images=args.check_images or None,
+            fmt=args.format, progress=iter_progress(args.quiet, "int8 check", "img"),
+        )  # fmt: skip
+        for line in report.lines():
+            print(line)
+        return 0
     report = export_run(args.run, args.out, args.format, args.checkpoint)
     for line in report.lines():
         print(line)
@@ -218,6 +229,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         batch=args.batch,
         batch_wait_ms=args.batch_wait_ms,
+        engine=args.engine,
+        threads=args.engine_threads,
     )
     return 0
 

@@ -15,6 +15,10 @@ from pixelwise.cli.options import add_config_options, resume_free_flags, with_de
 from pixelwise.cli.train import DEMO_DEFAULTS, cmd_demo, cmd_plan, cmd_train
 from pixelwise.training.config import DATA_FORMATS
 
+# engines.ENGINES / DEFAULT_ENGINE, kept apart so that --help imports no torch (a test checks)
+ENGINES = ("auto", "torch", "onnxruntime", "onnxruntime-int8")
+DEFAULT_ENGINE = "auto"
+
 __all__ = ["build_parser"]
 
 RUN_HELP = "run directory written by 'pixelwise train'"
@@ -110,16 +114,22 @@ def _add_threads(g: Any) -> None:
     )
 
 
-def _add_engine_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("inference engine (docs/performance.md)")
+def _add_engine(g: Any) -> None:
     _add(
         g,
         "--engine",
-        choices=("torch", "onnxruntime"),
-        default="torch",
-        help="torch (BatchNorm folded, channels-last) or onnxruntime (exports RUN/best.onnx "
-        "once; needs pip install 'pixelwise[export]')",
+        choices=ENGINES,
+        default=DEFAULT_ENGINE,
+        help="auto: time the engines available on the first image and keep the fastest "
+        "(recorded in RUN/engine.json); torch (BatchNorm folded, channels-last); onnxruntime "
+        "(exports RUN/best.onnx once; needs pip install 'pixelwise[export]'); onnxruntime-int8 "
+        "(the run's checked int8 file: pixelwise export RUN --int8)",
     )
+
+
+def _add_engine_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("inference engine (docs/performance.md)")
+    _add_engine(g)
     g.add_argument(
         "--compile", action="store_true", help="torch.compile the model (torch engine; slow start)"
     )
@@ -291,6 +301,21 @@ def _add_export(sub: Any) -> None:
     _add_run_options(x, device=False)
     _add(x, "--format", choices=("onnx", "torchscript"), default="onnx", help="file format")
     x.add_argument("--out", required=True, metavar="FILE", help="file to write")
+    q = x.add_argument_group("int8 (docs/export.md)")
+    q.add_argument(
+        "--int8",
+        action="store_true",
+        help="static int8 quantization (ONNX Runtime, QDQ, per-channel weights), calibrated on "
+        "the run's training images and checked on its validation split; also kept as "
+        "RUN/best.int8.onnx for --engine onnxruntime-int8",
+    )
+    _add(q, "--calibration-images", type=int, default=32, metavar="N",
+         help="training images that set the int8 ranges")  # fmt: skip
+    _add(q, "--int8-tolerance", type=float, default=0.01, metavar="D",
+         help="refuse the int8 file when it loses more than D of mean IoU (0.01 = 1 point) "
+         "against the float model on the validation split")  # fmt: skip
+    _add(q, "--check-images", type=int, default=0, metavar="N",
+         help="validation images for the int8 check (0: all)")  # fmt: skip
 
 
 def _add_serve(sub: Any) -> None:
@@ -322,6 +347,7 @@ def _add_serve(sub: Any) -> None:
     )
     _add_serve_limits(v)
     _add_threads(v)
+    _add_engine(v)
 
 
 def _add_serve_limits(p: argparse.ArgumentParser) -> None:

@@ -302,9 +302,13 @@ def run_server(
     timeout: float = 30.0,
     batch: int = 1,
     batch_wait_ms: float = 2.0,
+    engine: str | None = None,
+    threads: int | None = None,
 ) -> None:
     """Load ``run`` and serve it until interrupted (blocks). ``log`` gets one-line notices;
-    ``max_queue``, ``timeout``, ``batch``, ``batch_wait_ms``: see :func:`create_app`."""
+    ``max_queue``, ``timeout``, ``batch``, ``batch_wait_ms``: see :func:`create_app`;
+    ``engine``, ``threads``: as ``Segmenter.from_run``'s (``auto`` is timed on the first
+    request's image)."""
     import uvicorn
 
     from pixelwise.errors import ConfigError
@@ -319,7 +323,9 @@ def run_server(
     check_limits(max_queue, timeout, batch, batch_wait_ms)
     say = log or (lambda _m: None)
     loaded = load_run(run, checkpoint)
-    segmenter = Segmenter.from_run(loaded, device=device)
+    segmenter = Segmenter.from_run(
+        loaded, checkpoint, device, engine=engine, threads=threads, folder=run
+    )
     app = create_app(
         segmenter,
         max_bytes=int(max_mb * 1e6),
