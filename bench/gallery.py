@@ -8,17 +8,15 @@ classifier and evaluation; measured: 1961 s of training on 2 cores shared with a
 Trains a small U-Net on the embedded digits scenes (CPU), evaluates it, trains the heatmap patch
 classifier, and copies into docs/images/gallery/: the training curves (loss, validation metrics,
 IoU per class in the class colours), the validation overlays of the first and last epochs, the
-confusion matrix, the class pixel frequencies of the training scenes, the heatmap figure, and the
-web page screenshot (docs/images/serve.png, made by tests/serve/test_browser.py against this
-run when /usr/bin/chromium and playwright are available). Prints what it measured.
+confusion matrix, the class pixel frequencies of the training scenes and the heatmap figure.
+Prints what it measured. The web page's screenshot (docs/images/serve.png) shows a model trained
+on real street scenes instead: bench/screenshot.py makes it.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,7 +28,6 @@ from pixelwise.cli import DEMO
 
 ROOT = Path(__file__).resolve().parents[1]
 GALLERY = ROOT / "docs" / "images" / "gallery"
-SCREENSHOT = ROOT / "docs" / "images" / "serve.png"
 
 # The demo's settings (pixelwise.cli.DEMO, docs/quickstart.md), shortened: 1,500 scenes x 6 epochs
 # = 1,125 steps (the demo: 2,500), past the plateau that breaks near step 750.
@@ -53,7 +50,6 @@ def _copy(src: Path, name: str) -> Path:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", help="folder for the run (default: a temporary folder)")
-    parser.add_argument("--no-screenshot", action="store_true")
     args = parser.parse_args()
 
     from pixelwise.data.digits import DigitsScenes
@@ -96,25 +92,12 @@ def main() -> int:
     figure = next(p for p in heat if p.name == "heatmap.png")
     written.append(_copy(figure, "heatmap.png"))
 
-    shot = "skipped"
-    if not args.no_screenshot:
-        env = {**os.environ, "PIXELWISE_SCREENSHOT": str(SCREENSHOT)}
-        env["PIXELWISE_SERVE_RUN"] = str(run)
-        test = ROOT / "tests" / "serve" / "test_browser.py"
-        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:xdist", str(test), "-k", "upload"]
-        result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-        lines = result.stdout.strip().splitlines()
-        shot = lines[-1] if lines else f"pytest exit status {result.returncode}"
-    if SCREENSHOT.is_file():
-        written.append(_copy(SCREENSHOT, "serve.png"))
-
     print(f"run: {run} ({summary['epochs']} epochs, {t_train:.0f} s training on the CPU)")
     print(
         f"val mean IoU {report['mean_iou']:.4f}, pixel accuracy {report['pixel_accuracy']:.4f} "
         f"(digits val scenes)"
     )
     print(f"heatmap classifier + figure: {t_heat:.0f} s")
-    print(f"browser screenshot: {shot}")
     for path in written:
         print(f"wrote {path.relative_to(ROOT)}")
     return 0
