@@ -54,7 +54,11 @@ def plan_training(
     """The plan for ``config``'s data (``config.data``, layout, label map, val fraction) on
     ``profile`` (default: measured on ``config.device``: the network's steps and the data
     pipeline's samples) within ``budget`` seconds."""
+    import torch
+
     fp, splits = dataset_fingerprint(config)
+    if config.threads:  # time steps with the threads training will use
+        torch.set_num_threads(config.threads)
     if profile is not None:
         return make_plan(fp, profile, budget, splits["train"], splits["val"], given), fp
     network = CalibratedProfile(MeasuredProfile(_device(config)))

@@ -25,6 +25,10 @@ MIN_STEPS = 2000
 WIDTHS = (8, 16, 24, 32)  # U-Net base widths the planner chooses from on a CPU
 WIDTHS_GPU = (8, 16, 24, 32, 48, 64)  # and on a GPU, where a step of width 16 is launch-bound
 SCALES = (1.0, 0.75, 0.5, 0.375, 0.25)
+#: width the plan reaches before it spends steps on resolution: on CamVid, C3 (width 24 at half
+#: resolution, 2,700 steps) reached val mIoU 0.59 where a plan of width 8 at full resolution
+#: (2,925 steps, issue 15's first hour-long planned run) reached 0.41 (docs/planning.md)
+WIDTH_FIRST = 24
 SETUP_SHARE = 0.08  # of the budget kept for the data check, decoding and the first validation
 VAL_SHARE = 0.10  # validation may cost at most this share of the training time
 
@@ -141,8 +145,9 @@ def _choose_model(
     val_images: int,
     budget: float,
 ) -> tuple[Candidate, float, dict[str, Any]]:
-    """The widest U-Net at the largest scale (>= the floor) that still gets MIN_STEPS optimizer
-    steps in the budget; else the cheapest candidate."""
+    """Among the U-Nets (scale >= the floor) that still get MIN_STEPS optimizer steps in the
+    budget: width up to WIDTH_FIRST first, then the largest scale, then the widest; else the
+    candidate with the most steps."""
     options = []
     for scale in [s for s in SCALES if s >= scale_floor - 1e-9] or [1.0]:
         short = int(min(fp.median_size) * scale)
@@ -154,8 +159,8 @@ def _choose_model(
             est = _estimate(fp, profile, c, scale, train_images, val_images, budget)
             options.append((c, scale, est))
     enough = [o for o in options if o[2]["steps"] >= MIN_STEPS]
-    if enough:  # largest scale first, then the widest model
-        return max(enough, key=lambda o: (o[1], o[0].base_width))
+    if enough:  # width up to WIDTH_FIRST before resolution, then the largest scale, then wider
+        return max(enough, key=lambda o: (min(o[0].base_width, WIDTH_FIRST), o[1], o[0].base_width))
     return max(options, key=lambda o: o[2]["steps"])
 
 
@@ -184,7 +189,8 @@ def make_plan(
         "model_args",
         {"base_width": c.base_width, "depth": c.depth},
         (
-            f"the widest that gets >= {MIN_STEPS} steps in the budget"
+            f"width up to {WIDTH_FIRST} before resolution, the widest that gets >= {MIN_STEPS}"
+            " steps in the budget"
             if est["steps"] >= MIN_STEPS
             else f"no width gets {MIN_STEPS} steps in the budget: the cheapest"
         )
@@ -195,7 +201,7 @@ def make_plan(
         "input_scale",
         scale,
         f"median image {h}x{w}; >= {floor:.2f} keeps the finest frequent structure 3 px wide "
-        f"({why_floor}); the largest scale that still gets enough steps",
+        f"({why_floor}); the largest scale that still gets enough steps at that width",
     )
     plan.set("crop_size", c.crop, f"the short side at scale {scale:g}, capped for the device")
     plan.set("batch_size", c.batch, f"{profile.kind}: {c.batch} crops per step")
