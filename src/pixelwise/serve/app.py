@@ -36,7 +36,7 @@ from starlette.staticfiles import StaticFiles
 from pixelwise import __version__
 from pixelwise.data.classes import ClassInfo
 from pixelwise.data.io import decode_image as io_decode_image
-from pixelwise.errors import DataError
+from pixelwise.errors import ConfigError, DataError
 from pixelwise.predict import Segmenter
 
 __all__ = ["UploadError", "create_app", "decode_image", "mask_png", "run_server"]
@@ -191,7 +191,10 @@ def create_app(
             image = decode_image(data, segmenter.in_channels)
         except UploadError as err:
             return _error(err.status, err.message)
-        mask = await run_in_threadpool(predict, image)
+        try:
+            mask = await run_in_threadpool(predict, image)
+        except ConfigError as err:  # --crf on an image over its size limit
+            return _error(413, str(err))
         png = mask_png(mask, classes)
         if want_png:
             return Response(png, media_type="image/png")
@@ -228,11 +231,12 @@ def run_server(
     checkpoint: str = "best",
     device: str = "auto",
     log: Callable[[str], None] | None = None,
+    crf: Any = None,
 ) -> None:
-    """Load ``run`` and serve it until interrupted (blocks). ``log`` gets one-line notices."""
+    """Load ``run`` and serve it until interrupted (blocks). ``log`` gets one-line notices.
+    ``crf``: a :class:`pixelwise.crf.CRFParams` to refine every prediction with."""
     import uvicorn
 
-    from pixelwise.errors import ConfigError
     from pixelwise.runs import load_run
 
     if not max_mb > 0:
@@ -244,6 +248,7 @@ def run_server(
     say = log or (lambda _m: None)
     loaded = load_run(run, checkpoint)
     segmenter = Segmenter.from_run(loaded, device=device)
+    segmenter.crf = crf
     app = create_app(
         segmenter,
         max_bytes=int(max_mb * 1e6),
@@ -253,6 +258,7 @@ def run_server(
             "run": Path(run).name,
             "checkpoint": checkpoint,
             "epoch": loaded.info.get("epoch"),
+            "crf": crf.to_dict() if crf is not None else None,
         },
     )
     if host not in LOOPBACK:
