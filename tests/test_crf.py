@@ -11,6 +11,7 @@ import torch
 
 from pixelwise import crf as crf_module
 from pixelwise.crf import (
+    CRFLayer,
     CRFParams,
     GaussianBlur,
     PermutohedralLattice,
@@ -175,13 +176,7 @@ def test_labels_snap_to_the_colour_edge():
     """A 2-class scene split at column 20 by colour; the network's boundary is at column 16 and
     unsure near it. The CRF moves the boundary to the edge; without the appearance kernel it
     does not."""
-    h, w = 24, 40
-    image = np.zeros((h, w, 3), np.uint8)
-    image[:, 20:] = 220
-    xs = torch.arange(w, dtype=torch.float32)
-    margin = (xs - 16) / 6  # > 0: class 1
-    logits = torch.stack([-margin, margin]).unsqueeze(1).expand(2, h, w).contiguous()
-    truth = (xs >= 20).long().expand(h, w)
+    logits, image, truth = _edge_scene()
     before = float((logits.argmax(0) == truth).float().mean())
     p = CRFParams(iterations=10, appearance_weight=10.0, appearance_xy=20.0, appearance_color=10.0)
     after = dense_crf(logits, image, p).argmax(0)
@@ -222,6 +217,42 @@ def test_a_hopelessly_narrow_kernel_is_refused():
     feats = torch.tensor([[0.0] * 5, [1e5] * 5])
     with pytest.raises(ConfigError, match="too narrow"):
         PermutohedralLattice(feats)
+
+
+def _edge_scene():
+    h, w = 24, 40
+    image = np.zeros((h, w, 3), np.uint8)
+    image[:, 20:] = 220
+    xs = torch.arange(w, dtype=torch.float32)
+    margin = (xs - 16) / 6
+    logits = torch.stack([-margin, margin]).unsqueeze(1).expand(2, h, w).contiguous()
+    return logits, image, (xs >= 20).long().expand(h, w)
+
+
+def test_the_crf_layer_starts_as_the_crf_and_learns():
+    """CRFLayer with its initial parameters is dense_crf; gradients reach the logits, the
+    kernel weights and the compatibility; a few steps on the colour-edge scene, starting from a
+    weak appearance kernel, lower the loss and fix the boundary."""
+    logits, image, truth = _edge_scene()
+    p = CRFParams(iterations=5, appearance_weight=0.5, appearance_xy=20.0, appearance_color=10.0)
+    layer = CRFLayer(2, p)
+    torch.testing.assert_close(layer(logits, image).detach(), dense_crf(logits, image, p))
+    x = logits.clone().requires_grad_(True)
+    loss = torch.nn.functional.nll_loss(layer(x, image).unsqueeze(0), truth.unsqueeze(0))
+    loss.backward()
+    for g in (x.grad, layer.log_weights.grad, layer.compat.grad):
+        assert g is not None and torch.isfinite(g).all() and g.abs().sum() > 0
+    opt = torch.optim.Adam(layer.parameters(), lr=0.2)
+    first = float(loss.detach())
+    for _ in range(15):
+        opt.zero_grad()
+        loss = torch.nn.functional.nll_loss(layer(logits, image).unsqueeze(0), truth.unsqueeze(0))
+        loss.backward()
+        opt.step()
+    assert float(loss.detach()) < 0.7 * first
+    assert layer.weights()["appearance"] > 0.5
+    accuracy = float((layer(logits, image).argmax(0) == truth).float().mean())
+    assert accuracy > 0.99
 
 
 # --------------------------------------------------------------------------------------------

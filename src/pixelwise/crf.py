@@ -44,6 +44,7 @@ import torch
 from pixelwise.errors import ConfigError
 
 __all__ = [
+    "CRFLayer",
     "CRFParams",
     "PermutohedralLattice",
     "appearance_features",
@@ -254,11 +255,32 @@ class PermutohedralLattice:
         self.offsets, self.weights = offsets, weights
 
     def filter(self, values: torch.Tensor) -> torch.Tensor:
-        """``values (N, C)`` -> ``(N, C)``: splat, blur, slice."""
-        table = self.splatting @ values
-        for blur in self.blurs:
-            table = blur @ table
-        return (self.slicing @ table) * self.alpha
+        """``values (N, C)`` -> ``(N, C)``: splat, blur, slice (differentiable in ``values``)."""
+        table = _product(self.splatting, values, self.slicing)
+        for blur in self.blurs:  # each blur is symmetric: its own transpose
+            table = _product(blur, table, blur)
+        return _product(self.slicing, table, self.splatting) * self.alpha
+
+
+class _SparseProduct(torch.autograd.Function):
+    """``a @ x`` for a sparse ``a`` whose transpose ``at`` is at hand: the gradient is ``at @
+    g``, with ``g`` made contiguous (sparse products refuse strided gradients)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, a: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+        ctx.at = at
+        return a @ x
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        return ctx.at @ g.contiguous(), None, None
+
+
+def _product(a: torch.Tensor, x: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+    """``a @ x`` (sparse ``a``, its transpose ``at``), differentiable in ``x``."""
+    if x.requires_grad:
+        return _SparseProduct.apply(x, a, at)
+    return a @ x
 
 
 def _csr(
@@ -293,8 +315,9 @@ class GaussianBlur:
 
     def __call__(self, v: torch.Tensor) -> torch.Tensor:
         h, w, c = self.height, self.width, v.shape[1]
-        y = (self.rows @ v.reshape(h, w * c)).view(h, w, c).transpose(0, 1).reshape(w, h * c)
-        return (self.cols @ y).view(w, h, c).transpose(0, 1).reshape(h * w, c)
+        y = _product(self.rows, v.reshape(h, w * c), self.rows)  # symmetric bands
+        y = y.view(h, w, c).transpose(0, 1).reshape(w, h * c)
+        return _product(self.cols, y, self.cols).view(w, h, c).transpose(0, 1).reshape(h * w, c)
 
 
 def _band(n: int, sigma: float) -> torch.Tensor:
@@ -340,15 +363,20 @@ class _SymmetricKernel:
         return self.gaussian(v * self.norm) * self.norm
 
 
-def mean_field(unary: torch.Tensor, kernels, iterations: int) -> torch.Tensor:
-    """Mean-field inference with Potts compatibility: ``unary (N, K)`` = ``-log p``, ``kernels``
-    a list of ``(weight, filter)`` with ``filter: (N, K) -> (N, K)``. Returns ``log Q (N, K)``."""
+def mean_field(
+    unary: torch.Tensor, kernels, iterations: int, compat: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Mean-field inference: ``unary (N, K)`` = ``-log p``, ``kernels`` a list of ``(weight,
+    filter)`` with ``filter: (N, K) -> (N, K)``; ``compat (K, K)``: the label compatibility
+    applied to the weighted messages (None: Potts, the identity: agreeing with similar pixels
+    lowers the energy). Returns ``log Q (N, K)``."""
     q = torch.softmax(-unary, 1)
     energy = -unary
     for _ in range(iterations):
-        energy = -unary
-        for weight, filt in kernels:
-            energy = energy + weight * filt(q)  # Potts: agreeing with similar pixels is cheaper
+        message = sum(weight * filt(q) for weight, filt in kernels)
+        if compat is not None and kernels:
+            message = message @ compat
+        energy = -unary + message
         q = torch.softmax(energy, 1)
     return torch.log_softmax(energy, 1)
 
@@ -377,23 +405,65 @@ def dense_crf(
     device."""
     p = params or CRFParams()
     k, h, w = logits.shape
+    _check_size(h, w)
+    img = _as_hwc(image, h, w)
+    unary = -torch.log_softmax(logits.detach().float().cpu(), 0).reshape(k, -1).T.contiguous()
+    kernels = _kernels(img, p)
+    weights = {"smooth": p.smooth_weight, "appearance": p.appearance_weight}
+    log_q = mean_field(unary, [(weights[name], f) for name, f in kernels], p.iterations)
+    return log_q.T.reshape(k, h, w).contiguous().to(logits.device)
+
+
+def _check_size(h: int, w: int) -> None:
     if h * w > MAX_CRF_PIXELS:
         raise ConfigError(
             f"--crf: an image of {w}x{h} pixels is over the CRF's limit of "
             f"{MAX_CRF_PIXELS:,} pixels (2048x2048; its memory grows with the pixels): resize "
             "it or predict without --crf"
         )
-    img = _as_hwc(image, h, w)
-    unary = -torch.log_softmax(logits.detach().float().cpu(), 0).reshape(k, -1).T.contiguous()
-    n = h * w
+
+
+def _kernels(img: torch.Tensor, p: CRFParams) -> list[tuple[str, _SymmetricKernel]]:
+    """The normalised filters of the kernels ``p`` switches on, for ``img (H, W, C)``."""
+    h, w, _ = img.shape
     kernels = []
     if p.smooth_weight > 0:
         blur = GaussianBlur(h, w, p.smooth_xy)
-        kernels.append((p.smooth_weight, _SymmetricKernel(blur, n, blur.row_sums())))
+        kernels.append(("smooth", _SymmetricKernel(blur, h * w, blur.row_sums())))
     if p.appearance_weight > 0:
         lattice = PermutohedralLattice(
             appearance_features(img, p.appearance_xy, p.appearance_color)
         )
-        kernels.append((p.appearance_weight, _SymmetricKernel(lattice.filter, n)))
-    log_q = mean_field(unary, kernels, p.iterations)
-    return log_q.T.reshape(k, h, w).to(logits.device)
+        kernels.append(("appearance", _SymmetricKernel(lattice.filter, h * w)))
+    return kernels
+
+
+class CRFLayer(torch.nn.Module):
+    """The dense CRF as a layer (CRF-as-RNN, Zheng et al. 2015): the same mean field unrolled
+    for ``params.iterations`` steps, differentiable in the logits, with learnable kernel weights
+    (kept positive: their logs are the parameters) and a learnable label compatibility ``(K,
+    K)`` (Potts, the identity, at the start). The kernels' widths stay ``params``'s.
+
+    ``forward(logits (K, H, W), image (H, W, C))`` -> ``log Q (K, H, W)``, on the CPU."""
+
+    def __init__(self, num_classes: int, params: CRFParams | None = None) -> None:
+        super().__init__()
+        self.params = params or CRFParams()
+        w = [max(self.params.smooth_weight, 1e-3), max(self.params.appearance_weight, 1e-3)]
+        self.log_weights = torch.nn.Parameter(torch.tensor(w).log())
+        self.compat = torch.nn.Parameter(torch.eye(num_classes))
+
+    def weights(self) -> dict[str, float]:
+        w = self.log_weights.detach().exp().tolist()
+        return {"smooth": w[0], "appearance": w[1]}
+
+    def forward(self, logits: torch.Tensor, image: np.ndarray | torch.Tensor) -> torch.Tensor:
+        k, h, w = logits.shape
+        _check_size(h, w)
+        img = _as_hwc(image, h, w)
+        unary = -torch.log_softmax(logits.float().cpu(), 0).reshape(k, -1).T.contiguous()
+        on = CRFParams(**{**self.params.to_dict(), "smooth_weight": 1.0, "appearance_weight": 1.0})
+        weights = dict(zip(("smooth", "appearance"), self.log_weights.exp(), strict=True))
+        kernels = [(weights[name], f) for name, f in _kernels(img, on)]
+        log_q = mean_field(unary, kernels, self.params.iterations, self.compat)
+        return log_q.T.reshape(k, h, w).contiguous().to(logits.device)
