@@ -25,7 +25,10 @@ confusion matrix per variant over the split:
 ``--grid NAME RUN DATA SPLIT`` picks the CRF's parameters by mean IoU on ``--grid-images``
 images of that split (evenly spaced), before the cases: use a split the cases do not score
 (CamVid train for CamVid val). The cases then run with the best (or with the --crf-* options
-given). Writes ``OUT/crf_NAME.json`` per case (and ``crf_grid.json``) and prints a table;
+given). ``--learn STEPS`` then fits a :class:`pixelwise.crf.CRFLayer` (the kernel weights and a
+label compatibility, the network frozen) on random crops of the grid's split, starting from
+those parameters, and scores it too on the cases of the grid's run. Writes
+``OUT/crf_NAME.json`` per case (``crf_grid_NAME.json``, ``crf_layer.json``) and prints a table;
 ``--pictures DIR`` writes ``crf_NAME_*.png`` (image | network | network + CRF | truth, half size)
 for the images the CRF helped and hurt most.
 """
@@ -50,7 +53,7 @@ from scipy import ndimage
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from pixelwise.crf import CRFParams, dense_crf, parse_crf_options  # noqa: E402
+from pixelwise.crf import CRFLayer, CRFParams, dense_crf, parse_crf_options  # noqa: E402
 from pixelwise.data import open_dataset  # noqa: E402
 from pixelwise.metrics import confusion_matrix, scores  # noqa: E402
 from pixelwise.predict import Segmenter  # noqa: E402
@@ -231,6 +234,78 @@ def run_grid(name, run, data, split, images: int, band: float, iterations: int) 
     }
 
 
+def learn_layer(run, data, split, params: CRFParams, steps: int, crop: int, seed: int = 0):
+    """Fit a :class:`CRFLayer`'s kernel weights and compatibility on random crops of ``split``
+    (the network frozen: its logits computed once per image), starting from ``params``."""
+    seg, ds = _open(run, data, split)
+    layer = CRFLayer(seg.classes.num_classes, params)
+    opt = torch.optim.Adam(layer.parameters(), lr=0.05)
+    rng = np.random.default_rng(seed)
+    cache: dict[int, tuple] = {}
+    losses = []
+    t = time.perf_counter()
+    for step in range(steps):
+        i = int(rng.integers(len(ds)))
+        if i not in cache:
+            s = ds[i]
+            cache[i] = (s.image, s.mask, seg.logits(s.image))
+        image, truth, logits = cache[i]
+        h, w = truth.shape
+        y0, x0 = int(rng.integers(h - min(crop, h) + 1)), int(rng.integers(w - min(crop, w) + 1))
+        win = (slice(y0, y0 + crop), slice(x0, x0 + crop))
+        y = torch.from_numpy(truth[win].astype(np.int64))
+        if (y != seg.classes.ignore_index).sum() == 0:
+            continue
+        log_q = layer(logits[:, win[0], win[1]], image[win])
+        loss = torch.nn.functional.nll_loss(
+            log_q.unsqueeze(0), y.unsqueeze(0), ignore_index=seg.classes.ignore_index
+        )
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+        if (step + 1) % 10 == 0:
+            print(
+                f"  layer step {step + 1}: loss {np.mean(losses[-10:]):.4f} "
+                f"weights {layer.weights()}",
+                flush=True,
+            )
+    return layer, {
+        "steps": steps,
+        "crop": crop,
+        "seconds": time.perf_counter() - t,
+        "loss_first10": float(np.mean(losses[:10])),
+        "loss_last10": float(np.mean(losses[-10:])),
+        "weights": layer.weights(),
+        "compat": layer.compat.detach().tolist(),
+    }
+
+
+def score_layer(layer: CRFLayer, samples, classes, band: float) -> dict[str, Any]:
+    """Scores of the learned layer's refinement over ``samples``."""
+    k, ignore = classes.num_classes, classes.ignore_index
+    cm, tri = torch.zeros(k, k, dtype=torch.int64), torch.zeros(k, k, dtype=torch.int64)
+    bf, wall = [], []
+    with torch.no_grad():
+        for image, truth, logits in samples:
+            t = time.perf_counter()
+            pred = layer(logits, image).argmax(0)
+            wall.append(time.perf_counter() - t)
+            y = torch.from_numpy(truth.astype(np.int64))
+            band_mask = torch.from_numpy(trimap(truth, ignore, band))
+            cm += confusion_matrix(pred, y, k, ignore)
+            tri += confusion_matrix(pred[band_mask], y[band_mask], k, ignore)
+            f = boundary_f(pred.numpy().astype(np.int64), truth.astype(np.int64), k, ignore, band)
+            if not np.isnan(f):
+                bf.append(f)
+    return {
+        "mean_iou": scores(cm)["mean_iou"],
+        "boundary_f": float(np.mean(bf)),
+        "trimap_mean_iou": scores(tri)["mean_iou"],
+        "ms_median": 1000 * statistics.median(wall),
+    }
+
+
 def picture(path: Path, image, fcn, crf, truth, classes) -> None:
     from PIL import Image
 
@@ -247,7 +322,7 @@ def picture(path: Path, image, fcn, crf, truth, classes) -> None:
     Image.fromarray(strip).save(path, optimize=True)
 
 
-def run_case(name, run, data, split, params, band, limit, pictures) -> dict:
+def run_case(name, run, data, split, params, band, limit, pictures, layer=None) -> dict:
     seg, ds = _open(run, data, split)
     idx = list(range(len(ds) if limit is None else min(limit, len(ds))))
     t = time.perf_counter()
@@ -269,6 +344,8 @@ def run_case(name, run, data, split, params, band, limit, pictures) -> dict:
                 seg.classes,
             )
             r[f"picture_{tag}"] = {"index": idx[i], "gain_mean_iou": gains[i]}
+    if layer is not None:
+        r["crf_layer"] = score_layer(layer, samples, seg.classes, band)
     h, w = samples[0][0].shape[:2]
     return {
         "name": name,
@@ -303,6 +380,14 @@ def table(results: list[dict]) -> str:
             f"{100 * a['trimap_mean_iou']:6.2f} {100 * b['trimap_mean_iou']:6.2f}  "
             f"{ms['wall_median']:7.0f} {ms['cpu_median']:7.0f}"
         )
+        if "crf_layer" in r:
+            c = r["crf_layer"]
+            lines.append(
+                f"{'  layer':<10} {'':>6} {'':>9}  {'':>6} {100 * c['mean_iou']:6.2f} "
+                f"{100 * (c['mean_iou'] - a['mean_iou']):+6.2f}  {'':>6} "
+                f"{100 * c['boundary_f']:6.2f}  {'':>6} {100 * c['trimap_mean_iou']:6.2f}  "
+                f"{c['ms_median']:7.0f}"
+            )
     return "\n".join(lines)
 
 
@@ -320,6 +405,14 @@ def main() -> None:
     ap.add_argument("--crf-smooth")
     ap.add_argument("--crf-appearance")
     ap.add_argument("--pictures", help="folder for the pictures (default: none)")
+    ap.add_argument(
+        "--learn",
+        type=int,
+        metavar="STEPS",
+        help="also fit a CRFLayer (weights + compatibility) for STEPS crops of the --grid split "
+        "and score it on the cases of the same run",
+    )
+    ap.add_argument("--learn-crop", type=int, default=192)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -337,14 +430,21 @@ def main() -> None:
         print(f"grid on {args.grid[0]} ({args.grid[3]}, {args.grid_images} images)", flush=True)
         g = run_grid(*args.grid, args.grid_images, args.band, params.iterations)
         g["env"] = env
-        (out / "crf_grid.json").write_text(json.dumps(g, indent=1))
+        (out / f"crf_grid_{g['name']}.json").write_text(json.dumps(g, indent=1))
         if args.crf_appearance is None:
             params = CRFParams(**{**params.to_dict(), **{k: g["best"]["params"][k] for k in GRID}})
         print(f"best: {g['best']}", flush=True)
+    layer, layer_run = None, None
+    if args.learn and args.grid:
+        print(f"CRF layer: {args.learn} steps on {args.grid[0]} ({args.grid[3]})", flush=True)
+        layer, info = learn_layer(*args.grid[1:], params, args.learn, args.learn_crop)
+        layer_run = args.grid[1]
+        (out / "crf_layer.json").write_text(json.dumps({**info, "params": params.to_dict()}))
     results = []
     for name, run, data, split in args.case:
         print(f"{name}: {run} on {data} ({split}) with {params}", flush=True)
-        r = run_case(name, run, data, split, params, args.band, args.limit, args.pictures)
+        lay = layer if run == layer_run else None
+        r = run_case(name, run, data, split, params, args.band, args.limit, args.pictures, lay)
         r["env"] = {**env, "load_average_after": os.getloadavg()}
         (out / f"crf_{name}.json").write_text(json.dumps(r, indent=1))
         results.append(r)
