@@ -59,7 +59,7 @@ from pixelwise.metrics import confusion_matrix, scores  # noqa: E402
 from pixelwise.predict import Segmenter  # noqa: E402
 
 GRID = {  # appearance kernel (the smoothness kernel stays Krähenbühl's and DeepLab's 3, 3)
-    "appearance_weight": (3.0, 5.0, 10.0),
+    "appearance_weight": (1.0, 3.0, 5.0, 10.0),
     "appearance_xy": (20.0, 50.0, 80.0),
     "appearance_color": (3.0, 5.0, 10.0),
 }

@@ -326,6 +326,23 @@ def test_segmenter_applies_the_crf(run_dir):
     assert math.isclose(float(refined.exp().sum(0).mean()), 1.0, rel_tol=1e-5)
 
 
+def test_segmenter_with_crf_on_a_greyscale_run():
+    """A greyscale model: the CRF's appearance kernel uses the intensity (the image reaches it
+    as (H, W, 1)); dense_crf itself takes any channel count (test_any_number_of_channels)."""
+    from pixelwise.data.classes import ClassInfo
+    from pixelwise.models import build
+    from pixelwise.predict import Segmenter
+
+    channels = 1
+    torch.manual_seed(0)
+    model = build("unet_same", 2, in_channels=channels, depth=2, base_width=4).eval()
+    seg = Segmenter(model, ClassInfo.default(2), (0.5,), (0.25,), channels)
+    seg.crf = CRFParams(iterations=2)
+    image = np.random.default_rng(1).integers(0, 255, (30, 34, channels), dtype=np.uint8)
+    mask = seg.predict(image)
+    assert mask.shape == (30, 34) and mask.max() <= 1
+
+
 def test_evaluate_and_predict_with_crf_from_the_cli(run_dir, digits_folder, tmp_path, capsys):
     import json
 

@@ -22,14 +22,17 @@ and pydensecrf), so a weight means the same at any kernel width.
 The smoothness kernel is a separable Gaussian blur (exact up to its truncation at 4 sigma). The
 appearance kernel lives in 2 + C dimensions (C image channels) and is filtered with the
 permutohedral lattice (Adams, Baek & Davis 2010), as in Krähenbühl's code, here in vectorised
-torch: the lattice is built once per image (:class:`PermutohedralLattice`), then every
-filtering is a splat (``index_add_``), a ``[1 2 1]`` blur along each of the ``d + 1`` lattice
-directions and a slice (a gather), all linear in the number of pixels. It approximates the
-Gaussian; ``tests/test_crf.py`` compares it with an exact O(N^2) mean field.
+torch: the lattice is built once per image (:class:`PermutohedralLattice`: one sort of the
+vertices' packed keys), then every filtering is a splat, a ``[1 2 1]`` blur along each of the
+``d + 1`` lattice directions and a slice, each a product with a sparse (CSR) matrix, all linear
+in the number of pixels. It approximates the Gaussian; ``tests/test_crf.py`` compares the
+whole mean field with an exact O(N^2) one.
 
-Entry points: :func:`dense_crf` (logits + image -> refined log-probabilities) and
-:class:`CRFParams` (its options, validated). Greyscale images use their intensity as the
-appearance feature, any other channel count all of its channels.
+Entry points: :func:`dense_crf` (logits + image -> refined log-probabilities),
+:class:`CRFParams` (its options, validated) and :class:`CRFLayer` (the same inference as a
+differentiable layer with learnable kernel weights and label compatibility, CRF-as-RNN).
+Greyscale images use their intensity as the appearance feature, any other channel count all of
+its channels.
 """
 
 from __future__ import annotations
@@ -55,8 +58,8 @@ __all__ = [
     "parse_crf_options",
 ]
 
-#: Images above this many pixels are refused by :func:`dense_crf` (memory grows linearly, about
-#: 0.6 KB per pixel for an RGB image and 11 classes): 2048 x 2048.
+#: Images above this many pixels are refused by :func:`dense_crf`: 2048 x 2048. Its memory grows
+#: with the pixels, about 0.8 KB per pixel for an RGB image and 11 classes (3 GB at the limit).
 MAX_CRF_PIXELS = 2048 * 2048
 
 
