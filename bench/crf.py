@@ -1,9 +1,10 @@
 """The dense CRF on trained runs: mIoU, boundary F-score and time per image, without and with it.
 
-    python bench/crf.py --case camvid /work/runs/camvid_plan60 ../shared/data/camvid val
-                        --case drive /work/runs/drive_crf ../shared/data/drive test
+    python bench/crf.py --case camvid ../runs/camvid_plan60 ../shared/data/camvid val
+                        --case drive ../runs/drive_crf ../shared/data/drive test
                         [--grid camvid ../runs/camvid_plan60 ../shared/data/camvid train]
-                        [--grid-images 20] [--limit N] [--threads 1] [--pictures docs/images]
+                        [--grid-images 15] [--grid-set KEY=V1,V2,...] [--learn STEPS]
+                        [--limit N] [--threads 1] [--pictures docs/images] [--band 3]
                         [--crf-iterations N] [--crf-smooth W,T] [--crf-appearance W,T,C]
                         [--out bench/results]
 
@@ -23,11 +24,12 @@ confusion matrix per variant over the split:
   within ``--band`` pixels of a true boundary.
 
 ``--grid NAME RUN DATA SPLIT`` picks the CRF's parameters by mean IoU on ``--grid-images``
-images of that split (evenly spaced), before the cases: use a split the cases do not score
-(CamVid train for CamVid val). The cases then run with the best (or with the --crf-* options
-given). ``--learn STEPS`` then fits a :class:`pixelwise.crf.CRFLayer` (the kernel weights and a
-label compatibility, the network frozen) on random crops of the grid's split, starting from
-those parameters, and scores it too on the cases of the grid's run. Writes
+images of that split (evenly spaced; the axes: ``GRID``, changed by ``--grid-set``; the other
+parameters from the --crf-* options or their defaults), before the cases: use a split the cases
+do not score (CamVid train for CamVid val). The cases then run with the best (the --crf-*
+options given win). ``--learn STEPS`` then fits a :class:`pixelwise.crf.CRFLayer` (the kernel
+weights and a label compatibility, the network frozen) on random crops of the grid's split,
+starting from those parameters, and scores it too on the cases of the grid's run. Writes
 ``OUT/crf_NAME.json`` per case (``crf_grid_NAME.json``, ``crf_layer.json``) and prints a table;
 ``--pictures DIR`` writes ``crf_NAME_*.png`` (image | network | network + CRF | truth, half size)
 for the images the CRF helped and hurt most.
@@ -168,7 +170,7 @@ def score_variants(
         result[name] = {
             "mean_iou": s["mean_iou"],
             "pixel_accuracy": s["pixel_accuracy"],
-            "per_class_iou": s.get("per_class_iou"),
+            "per_class_iou": s["iou"],
             "boundary_f": float(np.mean(bf[name])) if bf[name] else float("nan"),
             "trimap_mean_iou": scores(tri[name])["mean_iou"],
         }
@@ -199,14 +201,15 @@ def _open(run: str, data: str, split: str):
     return seg, open_dataset(data, split, channels=seg.in_channels, **kw)
 
 
-def run_grid(name, run, data, split, images: int, band: float, iterations: int) -> dict:
+def run_grid(name, run, data, split, images: int, band: float, base: CRFParams, grid) -> dict:
     seg, ds = _open(run, data, split)
     idx = np.linspace(0, len(ds) - 1, min(images, len(ds))).round().astype(int).tolist()
     samples = network_scores(seg, ds, idx)
-    base = score_variants(samples, seg.classes, None, band)["fcn"]
+    fcn = score_variants(samples, seg.classes, None, band)["fcn"]
+    print(f"  network alone: mIoU {fcn['mean_iou']:.4f} BF {fcn['boundary_f']:.4f}", flush=True)
     rows = []
-    for values in itertools.product(*GRID.values()):
-        params = CRFParams(iterations=iterations, **dict(zip(GRID, values, strict=True)))
+    for values in itertools.product(*grid.values()):
+        params = CRFParams(**{**base.to_dict(), **dict(zip(grid, values, strict=True))})
         r = score_variants(samples, seg.classes, params, band)
         rows.append(
             {
@@ -397,7 +400,14 @@ def main() -> None:
         "--case", nargs=4, action="append", default=[], metavar=("NAME", "RUN", "DATA", "SPLIT")
     )
     ap.add_argument("--grid", nargs=4, metavar=("NAME", "RUN", "DATA", "SPLIT"))
-    ap.add_argument("--grid-images", type=int, default=20)
+    ap.add_argument("--grid-images", type=int, default=15)
+    ap.add_argument(
+        "--grid-set",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2,...",
+        help="replace or add a grid axis (a CRFParams field, e.g. smooth_weight=0,1,3)",
+    )
     ap.add_argument("--limit", type=int, help="first N images of each case (default: all)")
     ap.add_argument("--band", type=float, default=3.0, help="boundary tolerance / trimap, px")
     ap.add_argument("--threads", type=int, default=1)
@@ -428,11 +438,24 @@ def main() -> None:
     params = parse_crf_options(args.crf_iterations, args.crf_smooth, args.crf_appearance)
     if args.grid:
         print(f"grid on {args.grid[0]} ({args.grid[3]}, {args.grid_images} images)", flush=True)
-        g = run_grid(*args.grid, args.grid_images, args.band, params.iterations)
+        grid = dict(GRID)
+        for item in args.grid_set:
+            key, _, values = item.partition("=")
+            kind = int if key == "iterations" else float
+            grid[key] = tuple(kind(v) for v in values.split(","))
+        g = run_grid(*args.grid, args.grid_images, args.band, params, grid)
         g["env"] = env
         (out / f"crf_grid_{g['name']}.json").write_text(json.dumps(g, indent=1))
-        if args.crf_appearance is None:
-            params = CRFParams(**{**params.to_dict(), **{k: g["best"]["params"][k] for k in GRID}})
+        given = {
+            "iterations": args.crf_iterations is not None,
+            "smooth_weight": args.crf_smooth is not None,
+            "smooth_xy": args.crf_smooth is not None,
+            "appearance_weight": args.crf_appearance is not None,
+            "appearance_xy": args.crf_appearance is not None,
+            "appearance_color": args.crf_appearance is not None,
+        }
+        best = {k: g["best"]["params"][k] for k in grid if not given[k]}
+        params = CRFParams(**{**params.to_dict(), **best})
         print(f"best: {g['best']}", flush=True)
     layer, layer_run = None, None
     if args.learn and args.grid:
