@@ -373,11 +373,13 @@ def mean_field(
     filter)`` with ``filter: (N, K) -> (N, K)``; ``compat (K, K)``: the label compatibility
     applied to the weighted messages (None: Potts, the identity: agreeing with similar pixels
     lowers the energy). Returns ``log Q (N, K)``."""
+    if not kernels:  # nothing to pass: the network's own distribution
+        return torch.log_softmax(-unary, 1)
     q = torch.softmax(-unary, 1)
     energy = -unary
     for _ in range(iterations):
         message = sum(weight * filt(q) for weight, filt in kernels)
-        if compat is not None and kernels:
+        if compat is not None:
             message = message @ compat
         energy = -unary + message
         q = torch.softmax(energy, 1)
