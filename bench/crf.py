@@ -27,9 +27,11 @@ confusion matrix per variant over the split:
 images of that split (evenly spaced; the axes: ``GRID``, changed by ``--grid-set``; the other
 parameters from the --crf-* options or their defaults), before the cases: use a split the cases
 do not score (CamVid train for CamVid val). The cases then run with the best (the --crf-*
-options given win). ``--learn STEPS`` then fits a :class:`pixelwise.crf.CRFLayer` (the kernel
-weights and a label compatibility, the network frozen) on random crops of the grid's split,
-starting from those parameters, and scores it too on the cases of the grid's run. Writes
+options given win). ``--learn STEPS`` then fits, for STEPS random crops of the grid's split
+(or ``--learn-on``'s), the network frozen: a :class:`pixelwise.crf.CRFLayer` (kernel weights and
+label compatibility, from those parameters), the same with its kernel weights only, and the
+control: a learned linear map of the logits without any CRF (``--learn-kinds``); each is scored
+too on the cases of that run. Writes
 ``OUT/crf_NAME.json`` per case (``crf_grid_NAME.json``, ``crf_layer.json``) and prints a table;
 ``--pictures DIR`` writes ``crf_NAME_*.png`` (image | network | network + CRF | truth, half size)
 for the images the CRF helped and hurt most.
@@ -238,12 +240,38 @@ def run_grid(name, run, data, split, images: int, band: float, base: CRFParams, 
     }
 
 
-def learn_layer(run, data, split, params: CRFParams, steps: int, crop: int, seed: int = 0):
-    """Fit a :class:`CRFLayer`'s kernel weights and compatibility on random crops of ``split``
-    (the network frozen: its logits computed once per image), starting from ``params``."""
+class Recalibration(torch.nn.Module):
+    """The control for the CRF layer: a learned ``(K, K)`` map and bias on the logits, no CRF
+    (what a compatibility matrix could buy by re-weighting the classes alone)."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.matrix = torch.nn.Parameter(torch.eye(num_classes))
+        self.bias = torch.nn.Parameter(torch.zeros(num_classes))
+
+    def forward(self, logits: torch.Tensor, image: np.ndarray) -> torch.Tensor:
+        out = torch.einsum("kl,khw->lhw", self.matrix, logits) + self.bias[:, None, None]
+        return torch.log_softmax(out, 0)
+
+
+def _learnable(kind: str, num_classes: int, params: CRFParams) -> torch.nn.Module:
+    if kind == "recalibration":
+        return Recalibration(num_classes)
+    layer = CRFLayer(num_classes, params)
+    if kind == "weights":  # the kernel weights only: Potts stays
+        layer.compat.requires_grad_(False)
+    return layer
+
+
+def learn_layer(
+    run, data, split, params: CRFParams, steps: int, crop: int, kind: str = "layer", seed: int = 0
+):
+    """Fit, on random crops of ``split`` with the network frozen (its logits computed once per
+    image): ``layer``, a :class:`CRFLayer`'s kernel weights and compatibility starting from
+    ``params``; ``weights``, its kernel weights only; ``recalibration``, the control."""
     seg, ds = _open(run, data, split)
-    layer = CRFLayer(seg.classes.num_classes, params)
-    opt = torch.optim.Adam(layer.parameters(), lr=0.05)
+    layer = _learnable(kind, seg.classes.num_classes, params)
+    opt = torch.optim.Adam([p for p in layer.parameters() if p.requires_grad], lr=0.05)
     rng = np.random.default_rng(seed)
     cache: dict[int, tuple] = {}
     losses = []
@@ -269,9 +297,9 @@ def learn_layer(run, data, split, params: CRFParams, steps: int, crop: int, seed
         opt.step()
         losses.append(float(loss.detach()))
         if (step + 1) % 10 == 0:
+            weights = layer.weights() if isinstance(layer, CRFLayer) else ""
             print(
-                f"  layer step {step + 1}: loss {np.mean(losses[-10:]):.4f} "
-                f"weights {layer.weights()}",
+                f"  {kind} step {step + 1}: loss {np.mean(losses[-10:]):.4f} {weights}",
                 flush=True,
             )
     return layer, {
@@ -280,12 +308,12 @@ def learn_layer(run, data, split, params: CRFParams, steps: int, crop: int, seed
         "seconds": time.perf_counter() - t,
         "loss_first10": float(np.mean(losses[:10])),
         "loss_last10": float(np.mean(losses[-10:])),
-        "weights": layer.weights(),
-        "compat": layer.compat.detach().tolist(),
+        "kind": kind,
+        "parameters": {n: p.detach().tolist() for n, p in layer.named_parameters()},
     }
 
 
-def score_layer(layer: CRFLayer, samples, classes, band: float) -> dict[str, Any]:
+def score_layer(layer: torch.nn.Module, samples, classes, band: float) -> dict[str, Any]:
     """Scores of the learned layer's refinement over ``samples``."""
     k, ignore = classes.num_classes, classes.ignore_index
     cm, tri = torch.zeros(k, k, dtype=torch.int64), torch.zeros(k, k, dtype=torch.int64)
@@ -326,7 +354,7 @@ def picture(path: Path, image, fcn, crf, truth, classes) -> None:
     Image.fromarray(strip).save(path, optimize=True)
 
 
-def run_case(name, run, data, split, params, band, limit, pictures, layer=None) -> dict:
+def run_case(name, run, data, split, params, band, limit, pictures, layers=None) -> dict:
     seg, ds = _open(run, data, split)
     idx = list(range(len(ds) if limit is None else min(limit, len(ds))))
     t = time.perf_counter()
@@ -348,8 +376,8 @@ def run_case(name, run, data, split, params, band, limit, pictures, layer=None) 
                 seg.classes,
             )
             r[f"picture_{tag}"] = {"index": idx[i], "gain_mean_iou": gains[i]}
-    if layer is not None:
-        r["crf_layer"] = score_layer(layer, samples, seg.classes, band)
+    for kind, layer in (layers or {}).items():
+        r.setdefault("learned", {})[kind] = score_layer(layer, samples, seg.classes, band)
     h, w = samples[0][0].shape[:2]
     return {
         "name": name,
@@ -384,10 +412,9 @@ def table(results: list[dict]) -> str:
             f"{100 * a['trimap_mean_iou']:6.2f} {100 * b['trimap_mean_iou']:6.2f}  "
             f"{ms['wall_median']:7.0f} {ms['cpu_median']:7.0f}"
         )
-        if "crf_layer" in r:
-            c = r["crf_layer"]
+        for kind, c in r.get("learned", {}).items():
             lines.append(
-                f"{'  layer':<10} {'':>6} {'':>9}  {'':>6} {100 * c['mean_iou']:6.2f} "
+                f"{'  ' + kind:<17} {'':>9}  {'':>6} {100 * c['mean_iou']:6.2f} "
                 f"{100 * (c['mean_iou'] - a['mean_iou']):+6.2f}  {'':>6} "
                 f"{100 * c['boundary_f']:6.2f}  {'':>6} {100 * c['trimap_mean_iou']:6.2f}  "
                 f"{c['ms_median']:7.0f}"
@@ -424,6 +451,18 @@ def main() -> None:
         "and score it on the cases of the same run",
     )
     ap.add_argument("--learn-crop", type=int, default=192)
+    ap.add_argument(
+        "--learn-kinds",
+        default="layer,weights,recalibration",
+        help="layer (weights + compatibility), weights (kernel weights only), recalibration "
+        "(the control: a learned map of the logits, no CRF)",
+    )
+    ap.add_argument(
+        "--learn-on",
+        nargs=3,
+        metavar=("RUN", "DATA", "SPLIT"),
+        help="where --learn fits (default: the --grid's run, data and split)",
+    )
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -458,16 +497,20 @@ def main() -> None:
         best = {k: g["best"]["params"][k] for k in grid if not given[k]}
         params = CRFParams(**{**params.to_dict(), **best})
         print(f"best: {g['best']}", flush=True)
-    layer, layer_run = None, None
-    if args.learn and args.grid:
-        print(f"CRF layer: {args.learn} steps on {args.grid[0]} ({args.grid[3]})", flush=True)
-        layer, info = learn_layer(*args.grid[1:], params, args.learn, args.learn_crop)
-        layer_run = args.grid[1]
+    layers, layer_run = {}, None
+    learn_on = args.learn_on or (args.grid[1:] if args.grid else None)
+    if args.learn and learn_on:
+        layer_run, info = learn_on[0], {}
+        for kind in args.learn_kinds.split(","):
+            print(f"learning {kind}: {args.learn} steps on {learn_on[1]} ({learn_on[2]})")
+            layers[kind], info[kind] = learn_layer(
+                *learn_on, params, args.learn, args.learn_crop, kind
+            )
         (out / "crf_layer.json").write_text(json.dumps({**info, "params": params.to_dict()}))
     results = []
     for name, run, data, split in args.case:
         print(f"{name}: {run} on {data} ({split}) with {params}", flush=True)
-        lay = layer if run == layer_run else None
+        lay = layers if run == layer_run else None
         r = run_case(name, run, data, split, params, args.band, args.limit, args.pictures, lay)
         r["env"] = {**env, "load_average_after": os.getloadavg()}
         (out / f"crf_{name}.json").write_text(json.dumps(r, indent=1))

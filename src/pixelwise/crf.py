@@ -76,7 +76,7 @@ class CRFParams:
     smooth_weight: float = 3.0
     smooth_xy: float = 3.0
     appearance_weight: float = 5.0
-    appearance_xy: float = 50.0
+    appearance_xy: float = 80.0
     appearance_color: float = 5.0
 
     def __post_init__(self) -> None:

@@ -159,7 +159,7 @@ def _add_crf_options(p: argparse.ArgumentParser) -> None:
         "--crf-appearance",
         metavar="W,THETA_XY,THETA_COLOR",
         help="appearance (bilateral) kernel: weight (0: off), width in pixels and in intensity "
-        "levels 0-255 over all the image's channels (default: 5,50,5)",
+        "levels 0-255 over all the image's channels (default: 5,80,5)",
     )
 
 
