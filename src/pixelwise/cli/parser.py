@@ -141,7 +141,7 @@ def _add_crf_options(p: argparse.ArgumentParser) -> None:
         "--crf",
         action="store_true",
         help="refine the softmax with a fully connected CRF (Krähenbühl & Koltun 2011, as in "
-        "DeepLab): labels snap to the image's edges; about 0.5 s per 480x360 RGB image on a "
+        "DeepLab): labels snap to the image's edges; about 0.7 s per 480x360 RGB image on a "
         "CPU thread, images up to 2048x2048",
     )
     g.add_argument(
