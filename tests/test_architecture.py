@@ -38,6 +38,7 @@ LAYERS: dict[str, int] = {
     "tiles": 4,
     "engines": 4,
     "dense": 4,
+    "crf": 4,
     "heatmap": 4,
     "export_formats": 4,
     "export": 5,

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pixelwise.crf import CRFParams, dense_crf
 from pixelwise.data import open_dataset
 from pixelwise.data.base import SegmentationDataset
 from pixelwise.data.transforms import mask_to_tensor, to_tensor
@@ -51,6 +52,7 @@ def evaluate_dataset(
     input_scale: float = 1.0,
     tta: bool = False,
     views: tuple[tuple[int, bool], ...] | None = None,
+    crf: CRFParams | None = None,
 ) -> EvalResult:
     """Predict every sample of ``dataset`` at full resolution and accumulate one confusion matrix.
 
@@ -60,7 +62,9 @@ def evaluate_dataset(
     (every process must call), so every process returns the metrics of the whole dataset.
     ``net``: the network call to use instead of ``model`` (an engine from
     :mod:`pixelwise.engines`; ``model`` still gives the geometry). ``tta``: score the mean
-    probabilities of the 8 flips and rotations (``predict.mean_over_views``).
+    probabilities of the 8 flips and rotations (``predict.mean_over_views``). ``crf``: score
+    the dense CRF's refinement of the softmax (:func:`pixelwise.crf.dense_crf`; the loss is
+    then the cross-entropy of its mean field).
     """
     from pixelwise.distributed import all_reduce_sum, shard_range
 
@@ -81,6 +85,8 @@ def evaluate_dataset(
         x = to_tensor(sample.image, mean, std).unsqueeze(0).to(device)
         y = mask_to_tensor(sample.mask).unsqueeze(0).to(device)
         logits = (mean_over_views(full, x, views or TTA_VIEWS) if tta else full(x)).float()
+        if crf is not None:
+            logits = dense_crf(logits[0], sample.image, crf).unsqueeze(0)
         loss_sum += pixel_cross_entropy(logits, y, class_weights, ignore_index=ignore)
         pred = logits.argmax(1)
         cm += confusion_matrix(pred, y, c, ignore)
@@ -106,13 +112,15 @@ def evaluate_run(
     compile: bool = False,
     threads: int | None = None,
     tta: bool = False,
+    crf: CRFParams | None = None,
     **data_kwargs: Any,
 ) -> dict[str, Any]:
     """Score a trained run on ``data``'s ``split``.
 
     Writes ``eval_<split>.json`` (all metrics, class names, confusion matrix) and
     ``confusion_<split>.png`` to ``out_dir`` (default: the run directory) and returns the JSON
-    content. The dataset must have the run's number of classes.
+    content. The dataset must have the run's number of classes. ``crf``: refine each
+    prediction with the dense CRF (``pixelwise.crf``); the report records its options.
     """
     from pixelwise.errors import ConfigError
     from pixelwise.plots import plot_confusion
@@ -137,6 +145,7 @@ def evaluate_run(
         input_scale=seg.input_scale,
         tta=tta,
         views=seg.views,
+        crf=crf,
     )
     out = Path(out_dir) if out_dir is not None else Path(run)
     report = {
@@ -146,6 +155,7 @@ def evaluate_run(
         "checkpoint": which,
         "tta": tta,
         "tta_views": len(seg.views) if tta else 1,
+        "crf": crf.to_dict() if crf is not None else None,
         "images": len(dataset),
         "class_names": list(seg.classes.names),
         **result.scores,

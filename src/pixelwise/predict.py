@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pixelwise.crf import CRFParams, dense_crf
 from pixelwise.data.classes import ClassInfo
 from pixelwise.data.io import read_image, write_image, write_mask
 from pixelwise.data.transforms import to_tensor
@@ -138,6 +139,7 @@ class Segmenter:
     input_scale: float = 1.0  # the run's --input-scale: images are resized by it for the model
     tta: bool = False  # average the views below (one pass each): see ``mean_over_views``
     views: tuple[tuple[int, bool], ...] = TTA_VIEWS  # a run's: the symmetries it trained with
+    crf: CRFParams | None = None  # refine the softmax with the dense CRF (``pixelwise.crf``)
 
     @classmethod
     def from_run(
@@ -185,7 +187,14 @@ class Segmenter:
         """Logits ``(num_classes, H, W)`` for an image ``(H, W, C)`` uint8 (C = in_channels).
 
         ``tile``: compute them tile by tile (``pixelwise.tiles``; for blended models these are
-        the log blended probabilities)."""
+        the log blended probabilities). With ``crf``: the log-probabilities of the dense CRF's
+        mean field run on them (after tiles and TTA, at the image's resolution)."""
+        scores = self._logits(image, tile, overlap)
+        if self.crf is not None:
+            return dense_crf(scores, image, self.crf)
+        return scores
+
+    def _logits(self, image: np.ndarray, tile: int | None, overlap: float) -> torch.Tensor:
         if tile is not None:
             if self.tta:  # each view of the image tiled; their probabilities averaged
                 hwc = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
@@ -211,20 +220,24 @@ class Segmenter:
 
         ``tile``: predict ``tile x tile`` tiles (``overlap``: fraction shared by neighbours) with
         memory bounded by tile size and image width; see ``pixelwise.tiles``."""
-        if tile is not None and not self.tta:
+        if tile is not None and not self.tta and self.crf is None:
             return self._tiled(image, tile, overlap)
         return self.logits(image, tile, overlap).argmax(0).to(torch.uint8).cpu().numpy()
 
     @torch.inference_mode()
     def predict_batch(self, images: list[np.ndarray]) -> list[np.ndarray]:
         """Label masks ``(H, W)`` uint8 of same-size images ``(H, W, C)`` uint8, computed as one
-        ``(N, C, H, W)`` call (no tiling): what ``pixelwise serve --batch`` runs."""
+        ``(N, C, H, W)`` call (no tiling; the CRF, if set, per image): what ``pixelwise serve
+        --batch`` runs."""
         x = torch.stack([to_tensor(im, self.mean, self.std) for im in images]).to(self.device)
 
         def full(v: torch.Tensor) -> torch.Tensor:
             return forward_full(self.model, v, net=self.net, input_scale=self.input_scale)
 
         logits = mean_over_views(full, x, self.views) if self.tta else full(x)
+        if self.crf is not None:  # the CRF refines each image on its own pixels
+            pairs = zip(logits, images, strict=True)
+            logits = torch.stack([dense_crf(s.float(), im, self.crf) for s, im in pairs])
         return list(logits.argmax(1).to(torch.uint8).cpu().numpy())
 
     def tile_net(self) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -61,6 +61,16 @@ def _evaluate_data_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return {**d, **given}
 
 
+def _crf(args: argparse.Namespace) -> Any:
+    """``CRFParams`` from --crf and --crf-* (any of them turns the CRF on), else None."""
+    given = (args.crf_iterations, args.crf_smooth, args.crf_appearance)
+    if not args.crf and all(g is None for g in given):
+        return None
+    from pixelwise.crf import parse_crf_options
+
+    return parse_crf_options(*given)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from pixelwise.evaluate import evaluate_run
 
@@ -76,6 +86,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         compile=args.compile,
         threads=args.engine_threads,
         tta=args.tta,
+        crf=_crf(args),
         **_evaluate_data_kwargs(args),
     )
     print(report["table"])
@@ -101,6 +112,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if _colorize_run(args.run):  # a --task colorize run writes colourized images
         return _cmd_colorize(args, files)
     shard = _predict_shard(args.shard)
+    crf = _crf(args)
     device = args.device or "auto"
     if shard is not None and device in ("auto", "cuda") and "LOCAL_RANK" in os.environ:
         import torch
@@ -110,7 +122,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     seg = Segmenter.from_run(
         args.run, args.checkpoint, device, args.engine, args.compile, args.engine_threads
     )
-    seg.tta = args.tta
+    seg.tta, seg.crf = args.tta, crf
     written = predict_files(
         seg,
         files,
@@ -231,6 +243,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         batch_wait_ms=args.batch_wait_ms,
         engine=args.engine,
         threads=args.engine_threads,
+        crf=_crf(args),
     )
     return 0
 

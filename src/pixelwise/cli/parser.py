@@ -143,6 +143,36 @@ def _add_engine_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_crf_options(p: argparse.ArgumentParser) -> None:
+    """--crf and its kernels (predict, evaluate, serve). The defaults are pixelwise.crf's
+    CRFParams (a test keeps the help in step); any --crf-* option turns the CRF on."""
+    g = p.add_argument_group("dense CRF (docs/crf.md)")
+    g.add_argument(
+        "--crf",
+        action="store_true",
+        help="refine the softmax with a fully connected CRF (Krähenbühl & Koltun 2011, as in "
+        "DeepLab): labels snap to the image's edges; about 0.7 s per 480x360 RGB image on a "
+        "CPU thread, images up to 2048x2048",
+    )
+    g.add_argument(
+        "--crf-iterations",
+        type=int,
+        metavar="N",
+        help="mean-field iterations (default: 5)",
+    )
+    g.add_argument(
+        "--crf-smooth",
+        metavar="W,THETA",
+        help="smoothness kernel: weight (0: off) and width in pixels (default: 3,3)",
+    )
+    g.add_argument(
+        "--crf-appearance",
+        metavar="W,THETA_XY,THETA_COLOR",
+        help="appearance (bilateral) kernel: weight (0: off), width in pixels and in intensity "
+        "levels 0-255 over all the image's channels (default: 5,80,5)",
+    )
+
+
 def _add_run_options(p: argparse.ArgumentParser, *, device: bool = True) -> None:
     """RUN positional, --checkpoint and (``device``) --device: how a trained run is loaded."""
     p.add_argument("run", metavar="RUN", help=RUN_HELP)
@@ -221,6 +251,7 @@ def _add_evaluate(sub: Any) -> None:
     _add_data_options(e)
     _add_max_image_pixels(e)
     _add_engine_options(e)
+    _add_crf_options(e)
 
 
 def _add_predict(sub: Any) -> None:
@@ -260,6 +291,7 @@ def _add_predict(sub: Any) -> None:
     )
     _add_max_image_pixels(r)
     _add_engine_options(r)
+    _add_crf_options(r)
 
 
 def _add_heatmap(sub: Any) -> None:
@@ -348,6 +380,7 @@ def _add_serve(sub: Any) -> None:
     _add_serve_limits(v)
     _add_threads(v)
     _add_engine(v)
+    _add_crf_options(v)
 
 
 def _add_serve_limits(p: argparse.ArgumentParser) -> None:

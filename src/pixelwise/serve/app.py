@@ -44,7 +44,7 @@ from starlette.staticfiles import StaticFiles
 from pixelwise import __version__
 from pixelwise.data.classes import ClassInfo
 from pixelwise.data.io import decode_image as io_decode_image
-from pixelwise.errors import DataError
+from pixelwise.errors import ConfigError, DataError
 from pixelwise.predict import Segmenter
 from pixelwise.serve.admission import ModelQueue, Overloaded, check_limits
 
@@ -245,6 +245,8 @@ def create_app(
             return _busy(queue.timed_out())
         except Overloaded as err:  # dropped before running: it would have missed its deadline
             return _busy(queue.timed_out(err))
+        except ConfigError as err:  # --crf on an image over its size limit
+            return _error(413, str(err))
         except Exception as err:  # the model failed: one line, never a traceback to the client
             return _error(500, f"prediction failed: {type(err).__name__}: {err}")
         finally:
@@ -304,14 +306,15 @@ def run_server(
     batch_wait_ms: float = 2.0,
     engine: str | None = None,
     threads: int | None = None,
+    crf: Any = None,
 ) -> None:
     """Load ``run`` and serve it until interrupted (blocks). ``log`` gets one-line notices;
     ``max_queue``, ``timeout``, ``batch``, ``batch_wait_ms``: see :func:`create_app`;
     ``engine``, ``threads``: as ``Segmenter.from_run``'s (``auto`` is timed on the first
-    request's image)."""
+    request's image); ``crf``: a :class:`pixelwise.crf.CRFParams` to refine every prediction
+    with."""
     import uvicorn
 
-    from pixelwise.errors import ConfigError
     from pixelwise.runs import load_run
 
     if not max_mb > 0:
@@ -326,6 +329,7 @@ def run_server(
     segmenter = Segmenter.from_run(
         loaded, checkpoint, device, engine=engine, threads=threads, folder=run
     )
+    segmenter.crf = crf
     app = create_app(
         segmenter,
         max_bytes=int(max_mb * 1e6),
@@ -335,6 +339,7 @@ def run_server(
             "run": Path(run).name,
             "checkpoint": checkpoint,
             "epoch": loaded.info.get("epoch"),
+            "crf": crf.to_dict() if crf is not None else None,
         },
         max_queue=max_queue,
         timeout=timeout,
