@@ -324,6 +324,14 @@ def test_segmenter_applies_the_crf(run_dir):
     assert seg.predict(image).shape == (40, 52)
     assert np.array_equal(seg.predict(image, tile=32), seg.predict(image, tile=32))
     assert math.isclose(float(refined.exp().sum(0).mean()), 1.0, rel_tol=1e-5)
+    # serve --batch: the batched call refines each image as the single-image call does
+    images = [image, rng.integers(0, 255, image.shape, dtype=np.uint8)]
+    batched = seg.predict_batch(images)
+    for one, im in zip(batched, images, strict=True):
+        assert np.array_equal(one, seg.predict(im))
+    seg.crf = None  # and the CRF changed something: without it the masks differ
+    plain_masks = [seg.predict(im) for im in images]
+    assert not all(np.array_equal(a, b) for a, b in zip(batched, plain_masks, strict=True))
 
 
 def test_segmenter_with_crf_on_a_greyscale_run():
