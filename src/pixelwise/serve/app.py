@@ -220,12 +220,8 @@ def create_app(
         return JSONResponse(queue.stats())
 
     async def api_predict(request: Request) -> Response:
-        fmt = request.query_params.get("format", "")
-        if fmt not in ("", "json", "png"):
-            return _error(400, f"format={fmt!r}: use 'json' (the default) or 'png'")
-        accept = request.headers.get("accept", "")
-        want_png = fmt == "png" or (not fmt and "image/png" in accept and "json" not in accept)
         try:
+            want_png = _wants_png(request)
             _check_declared_size(request, max_bytes)  # 413 before anything is read or queued
             ticket = queue.admit()
         except UploadError as err:
@@ -272,6 +268,16 @@ def create_app(
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.queue = queue
     return app
+
+
+def _wants_png(request: Request) -> bool:
+    """Whether the client asked for the mask PNG itself (``?format=png`` or ``Accept``) rather
+    than the JSON; a bad ``format`` is an UploadError (400)."""
+    fmt = request.query_params.get("format", "")
+    if fmt not in ("", "json", "png"):
+        raise UploadError(400, f"format={fmt!r}: use 'json' (the default) or 'png'")
+    accept = request.headers.get("accept", "")
+    return fmt == "png" or (not fmt and "image/png" in accept and "json" not in accept)
 
 
 def _answer(mask: np.ndarray, classes: ClassInfo, want_png: bool) -> Response:

@@ -10,7 +10,18 @@ from typing import Any
 
 from pixelwise.files import atomic_open
 
-__all__ = ["TensorBoardLog", "metrics_row", "pictures", "write_csv"]
+__all__ = ["TensorBoardLog", "metrics_row", "pictures", "row_start", "write_csv"]
+
+
+def row_start(epoch: int, step: int, lr: float, train_loss: float, val_loss: float) -> dict:
+    """The first columns of every task's metrics.csv row."""
+    return {
+        "epoch": epoch,
+        "step": step,
+        "lr": f"{lr:.6g}",
+        "train_loss": f"{train_loss:.6f}",
+        "val_loss": f"{val_loss:.6f}",
+    }
 
 
 def metrics_row(
@@ -19,11 +30,7 @@ def metrics_row(
     """One metrics.csv row: the epoch's losses, the validation scores and per-class IoU."""
     s = val.scores
     return {
-        "epoch": epoch,
-        "step": step,
-        "lr": f"{lr:.6g}",
-        "train_loss": f"{train_loss:.6f}",
-        "val_loss": f"{val.loss:.6f}",
+        **row_start(epoch, step, lr, train_loss, val.loss),
         "val_pixel_accuracy": f"{s['pixel_accuracy']:.6f}",
         "val_mean_accuracy": f"{s['mean_accuracy']:.6f}",
         "val_mean_iou": f"{s['mean_iou']:.6f}",

@@ -17,7 +17,7 @@ import torch
 from pixelwise.data.transforms import default_normalization
 from pixelwise.evaluate import evaluate_dataset
 from pixelwise.losses import pixel_cross_entropy, soft_dice_loss
-from pixelwise.training.records import metrics_row, pictures
+from pixelwise.training.records import metrics_row, pictures, row_start
 
 TASKS = ("segment", "colorize")
 
@@ -110,11 +110,7 @@ class Colorize(Segment):
     def row(self, epoch: int, step: int, lr: float, train_loss: float, val: Any, seconds: float):
         s = val.scores
         return {
-            "epoch": epoch,
-            "step": step,
-            "lr": f"{lr:.6g}",
-            "train_loss": f"{train_loss:.6f}",
-            "val_loss": f"{val.loss:.6f}",
+            **row_start(epoch, step, lr, train_loss, val.loss),
             "val_psnr": f"{s['psnr']:.4f}",
             "val_psnr_grey": f"{s['psnr_grey']:.4f}",
             "val_ab_error": f"{s['ab_error']:.4f}",
