@@ -50,9 +50,10 @@ def budget_row(data: str, budget: str) -> str:
         if done.returncode:
             return f"| {data} | {budget} | failed: {done.stderr.strip()} |"
         summary = json.loads((out / "summary.json").read_text())
-        plan = json.loads((out / "plan.json").read_text())["options"]
+        saved = json.loads((out / "plan.json").read_text())
+        plan, estimated = saved["options"], saved["estimates"]["epochs"]
         return (
-            f"| {data} | {budget} | {wall:.1f} s | {summary['epochs']} of {plan['epochs']} | "
+            f"| {data} | {budget} | {wall:.1f} s | {summary['epochs']} of ~{estimated} | "
             f"{summary['budget']['stopped_early']} | {summary['best_mean_iou']:.3f} | "
             f"{plan['model_args']}, scale {plan['input_scale']} |"
         )
@@ -69,8 +70,8 @@ def main() -> None:
     for data in args.data:
         print(fingerprint_row(data))
     if args.budget:
-        print("\n| dataset | budget | wall | epochs (planned) | budget stopped it | best val mIoU "
-              "| plan |")  # fmt: skip
+        print("\n| dataset | budget | wall | epochs (of the estimate) | budget stopped it "
+              "| best val mIoU | plan |")  # fmt: skip
         print("|---|---|---|---|---|---|---|")
         for data in args.data:
             print(budget_row(data, args.budget))
