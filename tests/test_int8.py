@@ -120,6 +120,34 @@ def test_auto_times_the_engines_keeps_one_and_records_it(run):
     assert len(json.loads((run / ENGINE_RECORD).read_text())["entries"]) == 2
 
 
+def test_two_first_calls_from_two_threads_choose_once(run):
+    import threading
+
+    seg = Segmenter.from_run(run, device="cpu", engine="auto", threads=1)
+    auto, chosen, real = seg.net, [], seg.net._choose
+
+    def counting(x):
+        chosen.append(threading.get_ident())
+        return real(x)
+
+    auto._choose = counting
+    image = np.random.default_rng(1).integers(0, 256, (40, 48, 3), dtype=np.uint8)
+    start = threading.Barrier(2)
+    masks = []
+
+    def first_call():
+        start.wait()
+        masks.append(seg.predict(image))
+
+    threads = [threading.Thread(target=first_call) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert len(chosen) == 1 and len(masks) == 2
+    assert np.array_equal(masks[0], masks[1])
+
+
 @pytest.mark.parametrize("text", ["{not json", '{"entries": 3}', "[]"])
 def test_a_corrupt_engine_record_is_named_and_measured_again(run, text):
     (run / ENGINE_RECORD).write_text(text)

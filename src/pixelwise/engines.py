@@ -24,6 +24,7 @@ import copy
 import hashlib
 import json
 import os
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -567,10 +568,13 @@ class AutoEngine:
         self.skipped: dict[str, str] = {}  # engine -> why it was not a candidate
         self.reused = False
         self._net: Net | None = None
+        self._choosing = threading.Lock()  # two first calls from two threads time once
 
     def __call__(self, x: Tensor) -> Tensor:
         if self._net is None:
-            self._net = self._choose(x)
+            with self._choosing:
+                if self._net is None:
+                    self._net = self._choose(x)
         return self._net(x)
 
     def _candidates(self) -> dict[str, Callable[[], Net]]:
