@@ -32,20 +32,12 @@ def sample_seconds(dataset: Any, options: dict[str, Any], samples: int = 6) -> f
     to decode it (the training loop caches decoded images, so decoding is not part of a
     step)."""
     from pixelwise.data.pipeline import training_set
-    from pixelwise.data.transforms import TrainTransform
+    from pixelwise.training.config import TrainConfig
+    from pixelwise.training.setup import train_transform
 
-    scale = options.get("input_scale", 1.0)
-    transform = TrainTransform(
-        options["crop_size"],
-        [0.0] * dataset.channels,
-        [1.0] * dataset.channels,
-        scale=(options.get("scale_min", 1.0) * scale, options.get("scale_max", 1.0) * scale),
-        hflip=options.get("hflip", False),
-        ignore_index=dataset.classes.ignore_index,
-        rotate=options.get("rotate", 0.0),
-        elastic=options.get("elastic", 0.0),
-        color_jitter=options.get("color_jitter", 0.0),
-    )
+    config = TrainConfig.from_dict(options)
+    zeros, ones = [0.0] * dataset.channels, [1.0] * dataset.channels
+    transform = train_transform(config, config.crop_size, zeros, ones, dataset.classes.ignore_index)
     train = training_set(dataset, transform, cache="off")
     picks = [round(i * (len(train) - 1) / max(1, samples - 1)) for i in range(samples)]
     times = []

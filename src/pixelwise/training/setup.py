@@ -367,6 +367,22 @@ def training_crop(config: TrainConfig, model: torch.nn.Module) -> int:
     return model.valid_input_size(inner, inner)[0]
 
 
+def train_transform(config: TrainConfig, crop: int, mean, std, ignore_index: int) -> TrainTransform:
+    """The training augmentation of ``config`` (crops of ``crop`` px, normalised by ``mean`` and
+    ``std``): what every step applies, and what the planner times (planning/pipeline.py)."""
+    return TrainTransform(
+        crop,
+        mean,
+        std,
+        scale=(config.scale_min * config.input_scale, config.scale_max * config.input_scale),
+        hflip=config.hflip,
+        ignore_index=ignore_index,
+        rotate=config.rotate,
+        elastic=config.elastic,
+        color_jitter=config.color_jitter,
+    )
+
+
 def make_batches(
     config: TrainConfig,
     data: TrainingData,
@@ -380,17 +396,7 @@ def make_batches(
 ):
     """The augmented training set, the epoch sampler (the order of epoch e is a pure function
     of (seed, e), split over the processes), its loader and the loader's generator."""
-    transform = TrainTransform(
-        crop,
-        mean,
-        std,
-        scale=(config.scale_min * config.input_scale, config.scale_max * config.input_scale),
-        hflip=config.hflip,
-        ignore_index=data.classes.ignore_index,
-        rotate=config.rotate,
-        elastic=config.elastic,
-        color_jitter=config.color_jitter,
-    )
+    transform = train_transform(config, crop, mean, std, data.classes.ignore_index)
     train_set = training_set(  # cache, point labels, weight maps: pixelwise/data/pipeline.py
         data.train,
         transform,
