@@ -580,6 +580,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     bad = [e for e in args.engines if e not in ENGINES]
     if bad:
         p.error(f"--engines: unknown {bad}; choose from {', '.join(ENGINES)}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: torch sees no CUDA GPU here; run it on a GPU machine")
     if args.repeats < 1 or args.warmup < 0:
         p.error("--repeats must be >= 1 and --warmup >= 0")
     return args
