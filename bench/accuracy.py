@@ -233,16 +233,23 @@ def _train(
 
 
 def _train_planned(
-    dataset: str, data: Path, data_args: dict, minutes: float, out: Path, seed: int
+    dataset: str,
+    data: Path,
+    data_args: dict,
+    minutes: float,
+    out: Path,
+    seed: int,
+    overrides: dict[str, Any],
 ) -> tuple[Path, dict]:
     """What a user gets from ``pixelwise train --data DIR --budget B`` and nothing else: the
-    planner's options (pixelwise.planning), trained within the budget (planning included)."""
+    planner's options (pixelwise.planning), trained within the budget (planning included).
+    ``overrides`` (``--set``) are options the user gives: they replace their plan entries."""
     from pixelwise.planning import plan_training
     from pixelwise.training import TrainConfig, train
 
     began = time.perf_counter()
     given = {"data": str(data), "data_args": data_args, "out": str(out), "overwrite": True}
-    given |= {"seed": seed, "overlays": 0}
+    given |= {"seed": seed, "overlays": 0, **overrides}
     plan, _fp = plan_training(TrainConfig.from_dict(given), minutes * 60, given)
     left = minutes * 60 - (time.perf_counter() - began)
     config = TrainConfig.from_dict({**plan.options, "budget": max(1.0, left)})
@@ -250,7 +257,8 @@ def _train_planned(
     say("plan: " + ", ".join(f"{k}={v}" for k, v in plan.options.items() if k not in given))
     summary = train(config, log=say)
     summary["wall_s"] = round(time.perf_counter() - began, 1)
-    summary["plan"] = {k: v for k, v in plan.options.items() if k not in given}
+    summary["plan"] = {k: v for k, v in plan.options.items() if k not in given or k in overrides}
+    summary["given"] = sorted(overrides)
     return out, summary
 
 
@@ -445,7 +453,10 @@ def _trained(args: argparse.Namespace, *train_args) -> tuple[Path, dict]:
     """Train (see ``_train``), or with ``--score-only`` take the run already in its folder."""
     if not args.score_only and args.recipe == "plan":
         name, _recipe, data, data_args, minutes, out, seed = train_args[:7]
-        return _train_planned(name, data, data_args, minutes, out, seed)
+        overrides: dict[str, Any] = {}
+        for assignment in args.set:  # with --recipe plan, --set gives options as a user would
+            _set(overrides, assignment)
+        return _train_planned(name, data, data_args, minutes, out, seed, overrides)
     if not args.score_only:
         return _train(*train_args)
     out = train_args[5]
@@ -522,6 +533,7 @@ def run_dataset(name: str, args: argparse.Namespace, recipe: dict[str, Any]) -> 
         result.update(epochs=summary["epochs"], train_s=summary["wall_s"])
     if args.recipe == "plan" and not args.score_only:
         result["recipe"] = summary["plan"]
+        result["given"] = summary["given"]
     result["total_s"] = round(time.perf_counter() - t0, 1)
     result["reference"] = REFERENCES[name]
     return result
@@ -575,7 +587,8 @@ def main() -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a recipe entry (JSON value; dotted keys for model_args.*)",
+        help="override a recipe entry (JSON value; dotted keys for model_args.*); with "
+        "--recipe plan, an option given as a user would (it replaces its plan entry)",
     )
     p.add_argument(
         "--tta",

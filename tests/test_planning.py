@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image, ImageDraw
 
 from pixelwise.cli import main
@@ -128,9 +129,15 @@ def test_the_profile_formula_grows_with_width_and_pixels():
 def test_plan_command_and_planned_training(tmp_path, capsys):
     data = _folder(tmp_path / "cells", "cells", n=12, size=48)
     out = tmp_path / "plan.json"
-    assert main(["plan", str(data), "--budget", "40s", "--device", "cpu", "--out", str(out)]) == 0
+    threads = torch.get_num_threads()
+    try:  # the plan times its steps with the threads training will be given
+        argv = ["plan", str(data), "--budget", "40s", "--device", "cpu", "--threads", "1"]
+        assert main([*argv, "--out", str(out)]) == 0
+    finally:
+        torch.set_num_threads(threads)
     printed = capsys.readouterr().out
     assert "input_scale" in printed and "no preferred orientation" in printed
+    assert "on cpu (1 thread)" in printed
     saved = json.loads(out.read_text())
     assert saved["options"]["model"] == "unet_same" and saved["fingerprint"]["channels"] == 3
 

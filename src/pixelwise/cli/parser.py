@@ -542,6 +542,12 @@ def _add_plan(sub: Any) -> None:
         help="share of train/ held out for validation when the folder has no val split",
     )
     p.add_argument("--out", metavar="FILE", help="also write the plan and fingerprint as JSON")
+    p.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="time the steps with the CPU threads training will use (default: all cores)",
+    )
     g = p.add_argument_group("data")
     _add(g, "--format", dest="data_format", choices=DATA_FORMATS, default="auto",
          help="dataset layout (auto: detected from the folder names)")  # fmt: skip

@@ -179,7 +179,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     budget = parse_duration(args.budget) or DEFAULT_BUDGET
     options: dict[str, Any] = {"data": args.dir, "device": args.device}
-    for key in ("data_format", "label_map", "mask_threshold", "val_fraction"):
+    for key in ("data_format", "label_map", "mask_threshold", "val_fraction", "threads"):
         if getattr(args, key, None) is not None:
             options[key] = getattr(args, key)
     base = TrainConfig.from_dict(options)

@@ -68,7 +68,8 @@ class MeasuredProfile:
     def name(self) -> str:
         if self.device.type == "cuda":
             return f"cuda: {torch.cuda.get_device_name(self.device)}"
-        return f"cpu ({torch.get_num_threads()} threads)"
+        n = torch.get_num_threads()
+        return f"cpu ({n} thread{'' if n == 1 else 's'})"
 
     def step_seconds(self, c: Candidate, channels: int, classes: int) -> float:
         key = (c, channels, classes)
