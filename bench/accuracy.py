@@ -1,8 +1,10 @@
-"""Accuracy on real data within a CPU time budget: ISBI 2012, DRIVE and CamVid (../shared/data).
+"""Accuracy on real data within a CPU time budget: ISBI 2012, DRIVE and CamVid (../shared/data),
+and the embedded digits scenes of ``pixelwise demo``.
 
     python bench/accuracy.py isbi   --minutes 60 [--folds 5] [--fold-list 0,1]
     python bench/accuracy.py drive  --minutes 60
     python bench/accuracy.py camvid --minutes 60
+    python bench/accuracy.py digits --minutes 5
     python bench/accuracy.py camvid --minutes 5 --set model_args.base_width=16 --set lr=0.002
 
 By default (``--recipe plan``) a dataset is trained the way a user's folder is: ``pixelwise
@@ -27,6 +29,8 @@ here, on the held-out images, with the metrics each dataset is known by:
   rescaled by the recipe's ``input_scale`` and its logits upsampled back): global accuracy,
   class-average accuracy, mIoU over the 11 classes. Reference: SegNet-Basic 82.8 / 62.3 / 46.3
   (on the test split, which is not here).
+* digits (``pixelwise demo``'s 2,000 generated scenes; train on train, score val): the same
+  three scores as CamVid. The hand recipe is the demo's own options.
 
 Prints a table and writes ``OUT/<dataset>.json`` (default OUT: bench/results/).
 """
@@ -47,6 +51,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from pixelwise.cli.train import DEMO
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -91,6 +97,8 @@ RECIPES: dict[str, dict[str, Any]] = {
         "input_scale": 0.5,
     },
 }
+RECIPES["digits"] = {k: v for k, v in DEMO.items() if k not in ("data", "data_args", "epochs")}
+DIGITS_DATA: dict[str, Any] = DEMO["data_args"]  # the demo's scenes, planned or not
 BENCH_ONLY: tuple[str, ...] = ()  # recipe keys used here only, not by TrainConfig
 
 
@@ -417,6 +425,7 @@ REFERENCES = {
     "isbi": "U-Net (hidden test stack): Rand error 0.0382; goals: Rand <= 0.06, pixel err <= 0.07",
     "drive": "retina-unet AUC 0.9790; MMSeg U-Net Dice 0.7867; goals: AUC >= 0.97, Dice >= 0.78",
     "camvid": "SegNet-Basic (test) 82.8 / 62.3 / 46.3; goal: val mIoU >= 0.55 at 360x480",
+    "digits": "the planner within 2% of the demo's hand-set recipe at the same budget (issue 15)",
 }
 
 
@@ -514,6 +523,14 @@ def run_dataset(name: str, args: argparse.Namespace, recipe: dict[str, Any]) -> 
         test = open_dataset(data, "test")
         result.update(_scored(score_drive, run, test, _run_scale(run), args.tta))
         result.update(epochs=summary["epochs"], train_s=summary["wall_s"])
+    elif name == "digits":
+        val = open_dataset("digits", "val", **DIGITS_DATA)
+        run, summary = _trained(
+            args, name, recipe, "digits", DIGITS_DATA, args.minutes, out_root, args.seed,
+            len(val), int(np.mean([s.image.shape[0] * s.image.shape[1] for s in val])),
+        )  # fmt: skip
+        result.update(_scored(score_camvid, run, val, _run_scale(run), args.tta))
+        result.update(epochs=summary["epochs"], train_s=summary["wall_s"])
     else:
         data = SHARED / "camvid"
         val = open_dataset(data, "val")
@@ -570,6 +587,7 @@ def _table(r: dict[str, Any]) -> str:
             "isbi": ("rand_error_best", "pixel_error", "pixel_error_challenge", "mean_iou"),
             "drive": ("auc_roc", "dice", "accuracy"),
             "camvid": ("global_accuracy", "class_average_accuracy", "mean_iou"),
+            "digits": ("global_accuracy", "class_average_accuracy", "mean_iou"),
         }[name]
         lines.append("  with 8-view TTA: " + ", ".join(f"{k} {r['tta'][k]:.4f}" for k in keys))
     lines.append(f"  reference: {r['reference']}")
@@ -612,7 +630,7 @@ def main() -> None:
     p.add_argument("--runs", default=str(Path(os.environ.get("TMPDIR", "/tmp")) / "pw-accuracy"))
     p.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = p.parse_args()
-    if not SHARED.is_dir():
+    if args.dataset != "digits" and not SHARED.is_dir():
         raise SystemExit(f"{SHARED}: the shared datasets are not here; nothing to measure")
     if args.dataset == "isbi":
         try:

@@ -4,7 +4,8 @@ class), and with ``--budget`` the planned run itself, timed as a user runs it.
     python bench/planning.py ../shared/data/{camvid,isbi2012,drive,stare} digits
     python bench/planning.py ../shared/data/ph2 --budget 3m
 
-Prints one row per dataset: median size, vertical and horizontal layout bias, the finest class
+Prints one row per dataset: median size, vertical and horizontal layout bias, object alignment
+(the median over classes), the finest class
 holding >= 2% of the labels and its half-width; with --budget, the wall time of
 ``pixelwise train --data DIR --budget B`` (a subprocess: imports and planning included), the
 epochs it trained, whether the budget stopped it, and the best validation mean IoU. Say the
@@ -33,7 +34,7 @@ def fingerprint_row(data: str) -> str:
     h, w = fp.median_size
     return (
         f"| {data} | {h}x{w} | {fp.vertical_bias:.2f} | {fp.horizontal_bias:.2f} | "
-        f"{fp.classes[c]} {fp.objects[c].half_width:.1f} px |"
+        f"{fp.alignment:.2f} | {fp.classes[c]} {fp.objects[c].half_width:.1f} px |"
     )
 
 
@@ -65,8 +66,8 @@ def main() -> None:
     p.add_argument("--budget", help="also train each with this budget, e.g. 3m")
     args = p.parse_args()
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-    print("| dataset | median size | vertical bias | horizontal bias | finest frequent class |")
-    print("|---|---|---|---|---|")
+    print("| dataset | median size | vertical bias | horizontal bias | alignment | finest class |")
+    print("|---|---|---|---|---|---|")
     for data in args.data:
         print(fingerprint_row(data))
     if args.budget:

@@ -56,6 +56,43 @@ def _fp(root: Path) -> Fingerprint:
     return fingerprint(ds, {"train": len(ds)})
 
 
+def _rods(root: Path, turned: bool, n: int = 8, size: int = 64) -> Path:
+    """Four 6x20 px rods per image at random places: standing up (``turned`` False: a digit,
+    a pedestrian) or turned by a random angle (cells, bacteria)."""
+    rng = np.random.default_rng(1)
+    for i in range(n):
+        mask = Image.new("L", (size, size), 0)
+        draw = ImageDraw.Draw(mask)
+        for _ in range(4):
+            cx, cy = rng.integers(12, size - 12, 2)
+            a = rng.uniform(0, np.pi) if turned else np.pi / 2
+            t = np.linspace(0, 2 * np.pi, 24, endpoint=False)
+            u, v = 10 * np.cos(t), 3 * np.sin(t)  # the rod's long axis along u
+            xs, ys = cx + u * np.cos(a) - v * np.sin(a), cy + u * np.sin(a) + v * np.cos(a)
+            draw.polygon(list(zip(xs.tolist(), ys.tolist(), strict=True)), fill=1)
+        (root / "images").mkdir(parents=True, exist_ok=True)
+        (root / "masks").mkdir(parents=True, exist_ok=True)
+        image = np.asarray(mask)[..., None] * 90 + rng.integers(0, 40, (size, size, 3))
+        Image.fromarray(image.astype(np.uint8)).save(root / "images" / f"{i:02d}.png")
+        mask.save(root / "masks" / f"{i:02d}.png")
+    (root / "classes.txt").write_text("background 0 0 0\nrod 255 0 0")
+    return root
+
+
+def test_fingerprint_tells_objects_that_keep_their_axis(tmp_path):
+    standing = _fp(_rods(tmp_path / "standing", turned=False))
+    turned = _fp(_rods(tmp_path / "turned", turned=True))
+    assert standing.objects[1].alignment > 0.5 and standing.aligned
+    assert turned.objects[1].alignment < 0.25 and not turned.aligned
+    assert not standing.upright  # the rods stand anywhere in the image: not a layout bias
+    plan = make_plan(standing, CPU, 600, 8, 2)
+    assert plan.options["rotate"] == 0 and "axis" in plan.reasons["rotate"]
+    assert make_plan(turned, CPU, 600, 8, 2).options["rotate"] == 180
+    old = {k: v for k, v in standing.to_dict().items() if k != "alignment"}
+    with pytest.raises(KeyError):  # a cached fingerprint of the last version is measured again
+        Fingerprint.from_dict(old)
+
+
 def test_fingerprint_sees_orientation_and_thin_structures(tmp_path):
     street = _fp(_folder(tmp_path / "street", "street"))
     cells = _fp(_folder(tmp_path / "cells", "cells"))

@@ -10,7 +10,9 @@ parts) and cached per dataset like the class pixel counts:
   half-width (the largest distance to the object's edge: 1-3 px for membranes and vessels,
   tens of pixels for cars and horses);
 - orientation: how much the classes' positions depend on the row (sky above road) or on the
-  column, which says whether vertical flips and quarter turns are fair augmentations.
+  column, which says whether vertical flips and quarter turns are fair augmentations;
+- alignment: whether the objects of a class share an axis (digits and pedestrians stand up,
+  cells and vessels point anywhere), which says whether a rotated object is still a real one.
 """
 
 from __future__ import annotations
@@ -23,6 +25,11 @@ import numpy as np
 __all__ = ["SAMPLE", "ClassObjects", "Fingerprint", "fingerprint"]
 
 SAMPLE = 64  # images read for the object and orientation statistics
+MIN_OBJECT_AREA = 16  # pixels: smaller components have no meaningful axis
+MIN_OBJECTS = 16  # components a class needs before its alignment is measured (noise ~ 1/sqrt(n))
+#: alignment above which objects keep their axis: digits 0.54 and CamVid 0.46 (median over
+#: classes) against ISBI, DRIVE, STARE and PH2 <= 0.09 (docs/planning.md)
+ALIGNED = 0.25
 
 
 @dataclass
@@ -32,6 +39,9 @@ class ClassObjects:
     per_image: float = 0.0  # median count of components in the images that contain the class
     area: float = 0.0  # area-weighted median component area, pixels
     half_width: float = 0.0  # twice the median distance of the class's pixels to an edge, px
+    #: |mean of anisotropy x exp(2i angle)| over the class's components (0: round objects or
+    #: any direction; 1: needles all pointing one way); None: too few objects to tell
+    alignment: float | None = None
 
     @property
     def thin(self) -> bool:
@@ -56,6 +66,7 @@ class Fingerprint:
     objects: list[ClassObjects] = field(default_factory=list)
     vertical_bias: float = 0.0  # 0: the class layout ignores the row; 1: it is fixed by it
     horizontal_bias: float = 0.0
+    alignment: float = 0.0  # median of the classes' object alignment (those measured)
 
     @property
     def upright(self) -> bool:
@@ -63,6 +74,12 @@ class Fingerprint:
         turns. Threshold from the orientation statistic of street scenes (CamVid ~0.5) against
         microscopy and retina images (ISBI, DRIVE < 0.1): docs/planning.md."""
         return self.vertical_bias > 0.25
+
+    @property
+    def aligned(self) -> bool:
+        """Objects that keep an axis (a digit, a standing horse, a pole): a rotated one is not
+        a real one, so no rotations, whatever the layout. Threshold: :data:`ALIGNED`."""
+        return self.alignment > ALIGNED
 
     def thinnest(self) -> ClassObjects | None:
         """The objects of the class with the smallest half-width (among classes that occur)."""
@@ -75,24 +92,46 @@ class Fingerprint:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Fingerprint:
         d = dict(d)
+        if "alignment" not in d:
+            raise KeyError("alignment")  # a fingerprint of an older version: measure again
         d["objects"] = [ClassObjects(**o) for o in d.get("objects", [])]
         for key in ("median_size", "min_size", "max_size"):
             d[key] = tuple(d[key])
         return cls(**d)
 
 
-def _components(mask: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray]:
-    """Areas of the 8-connected components of class ``c`` in ``mask``, and each of its pixels'
-    distance to the nearest pixel of another label (the distance transform)."""
+def _components(mask: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Areas of the 8-connected components of class ``c`` in ``mask``, each of its pixels'
+    distance to the nearest pixel of another label (the distance transform), and the axis of
+    each component of at least MIN_OBJECT_AREA pixels (:func:`_axes`)."""
     from scipy import ndimage
 
     region = mask == c
     if not region.any():
-        return np.zeros(0), np.zeros(0)
+        return np.zeros(0), np.zeros(0), np.zeros(0, dtype=np.complex128)
     labels, n = ndimage.label(region, structure=np.ones((3, 3), dtype=bool))
     areas = np.bincount(labels.ravel(), minlength=n + 1)[1:]
     inner = ndimage.distance_transform_edt(np.pad(region, 1, mode="edge"))[1:-1, 1:-1]
-    return areas, inner[region]
+    return areas, inner[region], _axes(labels, n, region)
+
+
+def _axes(labels: np.ndarray, n: int, region: np.ndarray) -> np.ndarray:
+    """Per component (area >= MIN_OBJECT_AREA): ``anisotropy * exp(2i angle)`` of its second
+    moments, ``((var_x - var_y) + 2i cov_xy) / (var_x + var_y)``. Doubling the angle makes an
+    axis and its reverse the same; the mean over components is near 0 when they point
+    anywhere."""
+    y, x = np.nonzero(region)
+    lab = labels[y, x]
+    y, x = y.astype(np.float64), x.astype(np.float64)
+    count = np.bincount(lab, minlength=n + 1).astype(np.float64)
+    keep = count >= MIN_OBJECT_AREA
+    keep[0] = False
+    k = count[keep]
+    mean_y, mean_x = np.bincount(lab, y, n + 1)[keep] / k, np.bincount(lab, x, n + 1)[keep] / k
+    var_y = np.bincount(lab, y * y, n + 1)[keep] / k - mean_y**2
+    var_x = np.bincount(lab, x * x, n + 1)[keep] / k - mean_x**2
+    cov = np.bincount(lab, x * y, n + 1)[keep] / k - mean_x * mean_y
+    return ((var_x - var_y) + 2j * cov) / (var_x + var_y + 1e-9)
 
 
 def _weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
@@ -110,25 +149,36 @@ def _objects(masks: list[np.ndarray], num_classes: int) -> list[ClassObjects]:
     membranes is thin however large it is)."""
     out = []
     for c in range(num_classes):
-        counts, areas, distances = [], [], []
+        counts, areas, distances, axes = [], [], [], []
         for mask in masks:
-            comp_areas, inner = _components(mask, c)
+            comp_areas, inner, comp_axes = _components(mask, c)
             if len(comp_areas):
                 counts.append(len(comp_areas))
                 areas.append(comp_areas)
                 distances.append(inner)
+                axes.append(comp_axes)
         if not counts:
             out.append(ClassObjects())
             continue
         all_areas = np.concatenate(areas).astype(np.float64)
+        all_axes = np.concatenate(axes)
         out.append(
             ClassObjects(
                 per_image=float(np.median(counts)),
                 area=round(_weighted_median(all_areas, all_areas), 1),
                 half_width=round(2 * float(np.median(np.concatenate(distances))), 2),
+                alignment=round(float(abs(all_axes.mean())), 3)
+                if len(all_axes) >= MIN_OBJECTS
+                else None,
             )
         )
     return out
+
+
+def _alignment(objects: list[ClassObjects]) -> float:
+    """The median alignment of the classes with enough objects to measure (0: none has)."""
+    measured = [o.alignment for o in objects if o.alignment is not None]
+    return round(float(np.median(measured)), 3) if measured else 0.0
 
 
 def _bias(masks: list[np.ndarray], num_classes: int, frequency: list[float], axis: int) -> float:
@@ -177,6 +227,7 @@ def fingerprint(train: Any, splits: dict[str, int], seed: int = 0) -> Fingerprin
     mean = np.atleast_1d(sums / max(1, pixels))
     std = np.sqrt(np.maximum(np.atleast_1d(squares / max(1, pixels)) - mean**2, 0))
     hs, ws = [h for h, _ in sizes] or [0], [w for _, w in sizes] or [0]
+    objects = _objects(masks, num_classes)
     return Fingerprint(
         images=dict(splits),
         median_size=(int(np.median(hs)), int(np.median(ws))),
@@ -188,9 +239,10 @@ def fingerprint(train: Any, splits: dict[str, int], seed: int = 0) -> Fingerprin
         classes=list(train.classes.names),
         frequency=[round(f, 6) for f in frequency],
         labelled=round(labelled / total_pixels, 4) if total_pixels else 0.0,
-        objects=_objects(masks, num_classes),
+        objects=objects,
         vertical_bias=round(_bias(masks, num_classes, frequency, 0), 4),
         horizontal_bias=round(_bias(masks, num_classes, frequency, 1), 4),
+        alignment=_alignment(objects),
     )
 
 
@@ -212,6 +264,7 @@ def describe(fp: Fingerprint) -> list[str]:
     orient = "upright (keep the top up)" if fp.upright else "no preferred orientation"
     lines.append(
         f"orientation: vertical bias {fp.vertical_bias:.2f}, horizontal bias "
-        f"{fp.horizontal_bias:.2f}: {orient}"
+        f"{fp.horizontal_bias:.2f}: {orient}; object alignment {fp.alignment:.2f}: "
+        + ("objects keep their axis" if fp.aligned else "objects point any way")
     )
     return lines

@@ -264,12 +264,22 @@ def _augmentation(plan: Plan, fp: Fingerprint) -> None:
         )
         plan.set("scale_min", 0.75, "random scale 0.75-1.25: objects at other distances")
         plan.set("scale_max", 1.25, "with scale_min")
+    elif fp.aligned:
+        plan.set(
+            "rotate",
+            0.0,
+            f"objects keep their axis (alignment {fp.alignment:.2f}, e.g. digits or standing "
+            "animals): a rotated one is not a real one; no rotations, TTA uses flips only",
+        )
+        plan.set("scale_min", 0.8, "random scale 0.8-1.2 (as I6, D3)")
+        plan.set("scale_max", 1.2, "with scale_min")
     else:
         plan.set(
             "rotate",
             180.0,
-            f"no preferred orientation (layout bias {fp.vertical_bias:.2f}): any rotation; with "
-            "flips, TTA may use all 8 flips and quarter turns",
+            f"no preferred orientation (layout bias {fp.vertical_bias:.2f}, object alignment "
+            f"{fp.alignment:.2f}): any rotation; with flips, TTA may use all 8 flips and quarter "
+            "turns",
         )
         plan.set("scale_min", 0.8, "random scale 0.8-1.2 (as I6, D3)")
         plan.set("scale_max", 1.2, "with scale_min")
