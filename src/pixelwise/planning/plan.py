@@ -255,34 +255,10 @@ def _augmentation(plan: Plan, fp: Fingerprint) -> None:
         f"left-right layout bias {fp.horizontal_bias:.2f}"
         + (": mirror images are as likely" if hflip else ": classes keep their side, no flips"),
     )
-    if fp.upright:
-        plan.set(
-            "rotate",
-            0.0,
-            f"upright images (top/bottom layout bias {fp.vertical_bias:.2f}, e.g. sky above "
-            "road): no rotations; TTA uses horizontal flips only",
-        )
-        plan.set("scale_min", 0.75, "random scale 0.75-1.25: objects at other distances")
-        plan.set("scale_max", 1.25, "with scale_min")
-    elif fp.aligned:
-        plan.set(
-            "rotate",
-            0.0,
-            f"objects keep their axis (alignment {fp.alignment:.2f}, e.g. digits or standing "
-            "animals): a rotated one is not a real one; no rotations, TTA uses flips only",
-        )
-        plan.set("scale_min", 0.8, "random scale 0.8-1.2 (as I6, D3)")
-        plan.set("scale_max", 1.2, "with scale_min")
-    else:
-        plan.set(
-            "rotate",
-            180.0,
-            f"no preferred orientation (layout bias {fp.vertical_bias:.2f}, object alignment "
-            f"{fp.alignment:.2f}): any rotation; with flips, TTA may use all 8 flips and quarter "
-            "turns",
-        )
-        plan.set("scale_min", 0.8, "random scale 0.8-1.2 (as I6, D3)")
-        plan.set("scale_max", 1.2, "with scale_min")
+    rotate, why, scales = _rotations(fp)
+    plan.set("rotate", rotate, why)
+    plan.set("scale_min", scales[0], f"random scale {scales[0]}-{scales[1]}: {scales[2]}")
+    plan.set("scale_max", scales[1], "with scale_min")
     jitter = 0.1 if fp.channels == 3 else 0.0
     plan.set(
         "color_jitter",
@@ -291,6 +267,27 @@ def _augmentation(plan: Plan, fp: Fingerprint) -> None:
         if jitter
         else "grey images: no colour jitter",
     )
+
+
+def _rotations(fp: Fingerprint) -> tuple[float, str, tuple[float, float, str]]:
+    """The rotation range, its reason, and the random scale range (low, high, why)."""
+    if fp.upright:
+        why = (
+            f"upright images (top/bottom layout bias {fp.vertical_bias:.2f}, e.g. sky above "
+            "road): no rotations; TTA uses horizontal flips only"
+        )
+        return 0.0, why, (0.75, 1.25, "objects at other distances")
+    if fp.aligned:
+        why = (
+            f"objects keep their axis (alignment {fp.alignment:.2f}, e.g. digits or standing "
+            "animals): a rotated one is not a real one; no rotations, TTA uses flips only"
+        )
+        return 0.0, why, (0.8, 1.2, "as I6, D3")
+    why = (
+        f"no preferred orientation (layout bias {fp.vertical_bias:.2f}, object alignment "
+        f"{fp.alignment:.2f}): any rotation; with flips, TTA may use all 8 flips and quarter turns"
+    )
+    return 180.0, why, (0.8, 1.2, "as I6, D3")
 
 
 def _balance(plan: Plan, fp: Fingerprint) -> None:
