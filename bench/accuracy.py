@@ -129,10 +129,11 @@ def _load_model_input(image: np.ndarray, mean, std, scale: float) -> torch.Tenso
 
 @torch.inference_mode()
 def probabilities(
-    model, image: np.ndarray, mean, std, scale: float = 1.0, tta: bool = False
+    model, image: np.ndarray, mean, std, scale: float = 1.0, views: tuple | None = None
 ) -> np.ndarray:
-    """Softmax probabilities ``(C, H, W)`` at the image's own resolution. ``tta``: the mean of
-    the probabilities of the 8 flips and quarter turns (``pixelwise.predict.mean_over_views``)."""
+    """Softmax probabilities ``(C, H, W)`` at the image's own resolution. ``views``: the mean
+    of the probabilities over these TTA views (``pixelwise.predict.mean_over_views``; a run's
+    own are :func:`_views`); None: the image alone."""
     from pixelwise.predict import forward_full, mean_over_views
 
     model.eval()
@@ -142,10 +143,20 @@ def probabilities(
         return forward_full(model, v).float()
 
     x = _load_model_input(image, mean, std, scale)  # resized by ``scale``; logits resized back
-    logits = mean_over_views(full, x) if tta else full(x)
+    logits = mean_over_views(full, x, views) if views else full(x)
     if logits.shape[-2:] != (h, w):
         logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
     return torch.softmax(logits[0], 0).numpy()
+
+
+def _views(run: Path, tta: bool) -> tuple | None:
+    """The TTA views of ``run`` (only the symmetries it trained with, as ``evaluate --tta``
+    uses: a street scene is never averaged upside down), or None without ``tta``."""
+    from pixelwise.predict import trained_views
+
+    if not tta:
+        return None
+    return trained_views(json.loads((run / "config.json").read_text())["train"])
 
 
 def _time_budget_epochs(config, minutes: float, val_images: int, val_pixels: int) -> int:
@@ -296,7 +307,7 @@ def cell_segments(p_cell: np.ndarray, threshold: float, min_size: int = 16) -> n
     return watershed(1.0 - p_cell, markers=seeds, connectivity=1)
 
 
-def score_isbi(run: Path, val_ds, input_scale: float, tta: bool = False) -> dict[str, Any]:
+def score_isbi(run: Path, val_ds, scale: float, tta: bool = False) -> dict[str, Any]:
     """Pixel error, Rand error and IoU on held-out slices, from the run's *last* weights (the
     held-out slices are its validation set, so picking the best epoch on them would leak).
 
@@ -310,11 +321,12 @@ def score_isbi(run: Path, val_ds, input_scale: float, tta: bool = False) -> dict
     from skimage.metrics import adapted_rand_error
 
     loaded = _load(run, "last")
+    views = _views(run, tta)
     pix_err, raw, inter, union = [], [], np.zeros(2), np.zeros(2)
     swept = {t: [] for t in ISBI_THRESHOLDS}
     counts = {t: np.zeros(3, dtype=np.int64) for t in PIXEL_THRESHOLDS}  # cells: TP, FP, FN
     for sample in val_ds:
-        prob = probabilities(loaded.model, sample.image, loaded.mean, loaded.std, input_scale, tta)
+        prob = probabilities(loaded.model, sample.image, loaded.mean, loaded.std, scale, views)
         pred = prob.argmax(0)
         truth = sample.mask
         pix_err.append(float((pred != truth).mean()))
@@ -356,14 +368,15 @@ def score_isbi(run: Path, val_ds, input_scale: float, tta: bool = False) -> dict
     }
 
 
-def score_drive(run: Path, test_ds, input_scale: float, tta: bool = False) -> dict[str, float]:
+def score_drive(run: Path, test_ds, scale: float, tta: bool = False) -> dict[str, float]:
     from sklearn.metrics import roc_auc_score
 
     loaded = _load(run)
+    views = _views(run, tta)
     probs, truths = [], []
     tp = fp = fn = correct = total = 0
     for sample in test_ds:
-        prob = probabilities(loaded.model, sample.image, loaded.mean, loaded.std, input_scale, tta)
+        prob = probabilities(loaded.model, sample.image, loaded.mean, loaded.std, scale, views)
         inside = sample.mask != 255
         truth = sample.mask[inside] == 1
         p = prob[1][inside]
@@ -384,14 +397,15 @@ def score_drive(run: Path, test_ds, input_scale: float, tta: bool = False) -> di
     }
 
 
-def score_camvid(run: Path, val_ds, input_scale: float, tta: bool = False) -> dict[str, Any]:
+def score_camvid(run: Path, val_ds, scale: float, tta: bool = False) -> dict[str, Any]:
     from pixelwise.metrics import confusion_matrix, scores
 
     loaded = _load(run)
+    views = _views(run, tta)
     c = loaded.classes.num_classes
     cm = torch.zeros(c, c, dtype=torch.int64)
     for sample in val_ds:
-        prob = probabilities(loaded.model, sample.image, loaded.mean, loaded.std, input_scale, tta)
+        prob = probabilities(loaded.model, sample.image, loaded.mean, loaded.std, scale, views)
         pred = torch.from_numpy(prob.argmax(0))
         cm += confusion_matrix(pred, torch.from_numpy(sample.mask.astype(np.int64)), c, 255)
     s = scores(cm)
@@ -573,7 +587,8 @@ def _table(r: dict[str, Any]) -> str:
             "camvid": ("global_accuracy", "class_average_accuracy", "mean_iou"),
             "digits": ("global_accuracy", "class_average_accuracy", "mean_iou"),
         }[name]
-        lines.append("  with 8-view TTA: " + ", ".join(f"{k} {r['tta'][k]:.4f}" for k in keys))
+        scored = ", ".join(f"{k} {r['tta'][k]:.4f}" for k in keys)
+        lines.append(f"  with TTA (the run's trained views): {scored}")
     lines.append(f"  reference: {r['reference']}")
     return "\n".join(lines)
 
@@ -595,7 +610,8 @@ def main() -> None:
     p.add_argument(
         "--tta",
         action="store_true",
-        help="also score with test-time augmentation (8 flips/rotations averaged), under 'tta'",
+        help="also score with test-time augmentation (the flips and turns the run trained "
+        "with, as evaluate --tta), under 'tta'",
     )
     p.add_argument(
         "--score-only",
