@@ -74,7 +74,10 @@ _SMALL_UNET: dict[str, Any] = {
     "val_every": 25,  # 5-6 steps per epoch: validating every epoch would cost more than training
 }
 
-# Recipes: the best found so far on a 2-core CPU (docs/results.md lists every run).
+# Hand recipes (--recipe hand): the yardsticks the planner is held to, not what users get. None
+# beats the plan at the same budget on one machine (docs/results.md): ISBI 60 min, Rand error
+# 0.0935 against the plan's 0.0493 (I9, I8); DRIVE 10 min, Dice 0.759 against 0.773 (D5, D4);
+# CamVid 60 min, C3's scale at width 16 0.556 against the plan's 0.554 (C5, C4), a tie.
 RECIPES: dict[str, dict[str, Any]] = {
     # the U-Net paper's recipe: elastic deformation and the border-weighted loss (w0 10, sigma 5)
     "isbi": {**_SMALL_UNET, "elastic": 10.0, "loss": "weighted-ce", "weight_map": "unet"},
