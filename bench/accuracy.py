@@ -209,8 +209,6 @@ def _train(
     minutes: float,
     out: Path,
     seed: int,
-    val_images: int,
-    val_pixels: int,
 ) -> tuple[Path, dict]:
     """The hand recipe under the same wall-clock promise as a plan (``--budget``): the budget,
     not an epoch count, ends the run, and the learning rate anneals on its clock. (Until
@@ -459,17 +457,24 @@ def _scored(score, run: Path, ds, scale: float, tta: bool) -> dict[str, Any]:
     return s
 
 
-def _trained(args: argparse.Namespace, *train_args) -> tuple[Path, dict]:
-    """Train (see ``_train``), or with ``--score-only`` take the run already in its folder."""
+def _trained(
+    args: argparse.Namespace,
+    name: str,
+    recipe: dict[str, Any],
+    data: Path | str,
+    data_args: dict,
+    minutes: float,
+    out: Path,
+) -> tuple[Path, dict]:
+    """Train the plan (``_train_planned``) or the hand recipe (``_train``) of ``args.recipe``,
+    or with ``--score-only`` take the run already in ``out``."""
     if not args.score_only and args.recipe == "plan":
-        name, _recipe, data, data_args, minutes, out, seed = train_args[:7]
         overrides: dict[str, Any] = {}
         for assignment in args.set:  # with --recipe plan, --set gives options as a user would
             _set(overrides, assignment)
-        return _train_planned(name, data, data_args, minutes, out, seed, overrides)
+        return _train_planned(name, data, data_args, minutes, out, args.seed, overrides)
     if not args.score_only:
-        return _train(*train_args)
-    out = train_args[5]
+        return _train(name, recipe, data, data_args, minutes, out, args.seed)
     summary = json.loads((out / "summary.json").read_text())
     return out, {**summary, "wall_s": summary["seconds"]}
 
@@ -478,7 +483,6 @@ def run_dataset(name: str, args: argparse.Namespace, recipe: dict[str, Any]) -> 
     from pixelwise.data import open_dataset
 
     out_root = Path(args.runs) / name
-    scale = float(recipe.get("input_scale", 1.0))
     t0 = time.perf_counter()
     result: dict[str, Any] = {
         "dataset": name,
@@ -496,16 +500,7 @@ def run_dataset(name: str, args: argparse.Namespace, recipe: dict[str, Any]) -> 
             data_args = {"folds": args.folds, "fold": fold}
             val = open_dataset(data, "val", **data_args)
             run, summary = _trained(
-                args,
-                name,
-                recipe,
-                data,
-                data_args,
-                per_fold,
-                out_root / f"fold{fold}",
-                args.seed,
-                len(val),
-                512 * 512,
+                args, name, recipe, data, data_args, per_fold, out_root / f"fold{fold}"
             )
             s = _scored(score_isbi, run, val, _run_scale(run), args.tta)
             s.update(fold=fold, epochs=summary["epochs"], train_s=summary["wall_s"])
@@ -517,36 +512,14 @@ def run_dataset(name: str, args: argparse.Namespace, recipe: dict[str, Any]) -> 
         result["folds"] = fold_scores
     elif name == "drive":
         data = SHARED / "drive"
-        val = open_dataset(data, "val")
-        run, summary = _trained(
-            args, name, recipe, data, {}, args.minutes, out_root, args.seed, len(val), 565 * 584
-        )
+        run, summary = _trained(args, name, recipe, data, {}, args.minutes, out_root)
         test = open_dataset(data, "test")
         result.update(_scored(score_drive, run, test, _run_scale(run), args.tta))
         result.update(epochs=summary["epochs"], train_s=summary["wall_s"])
-    elif name == "digits":
-        val = open_dataset("digits", "val", **DIGITS_DATA)
-        run, summary = _trained(
-            args, name, recipe, "digits", DIGITS_DATA, args.minutes, out_root, args.seed,
-            len(val), int(np.mean([s.image.shape[0] * s.image.shape[1] for s in val])),
-        )  # fmt: skip
-        result.update(_scored(score_camvid, run, val, _run_scale(run), args.tta))
-        result.update(epochs=summary["epochs"], train_s=summary["wall_s"])
-    else:
-        data = SHARED / "camvid"
-        val = open_dataset(data, "val")
-        run, summary = _trained(
-            args,
-            name,
-            recipe,
-            data,
-            {},
-            args.minutes,
-            out_root,
-            args.seed,
-            len(val),
-            int(360 * 480 * scale * scale),
-        )
+    else:  # camvid and digits: one confusion matrix over val
+        data, data_args = (SHARED / "camvid", {}) if name == "camvid" else ("digits", DIGITS_DATA)
+        run, summary = _trained(args, name, recipe, data, data_args, args.minutes, out_root)
+        val = open_dataset(data, "val", **data_args)
         result.update(_scored(score_camvid, run, val, _run_scale(run), args.tta))
         result.update(epochs=summary["epochs"], train_s=summary["wall_s"])
     if args.recipe == "plan" and not args.score_only:

@@ -62,9 +62,9 @@ def evaluate_dataset(
     (every process must call), so every process returns the metrics of the whole dataset.
     ``net``: the network call to use instead of ``model`` (an engine from
     :mod:`pixelwise.engines`; ``model`` still gives the geometry). ``tta``: score the mean
-    probabilities of the 8 flips and rotations (``predict.mean_over_views``). ``crf``: score
-    the dense CRF's refinement of the softmax (:func:`pixelwise.crf.dense_crf`; the loss is
-    then the cross-entropy of its mean field).
+    probabilities of ``views`` (default: the 8 flips and rotations; see
+    ``predict.mean_over_views``). ``crf``: score the dense CRF's refinement of the softmax
+    (:func:`pixelwise.crf.dense_crf`; the loss is then the cross-entropy of its mean field).
     """
     from pixelwise.distributed import all_reduce_sum, shard_range
 

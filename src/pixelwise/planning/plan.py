@@ -280,7 +280,7 @@ def _rotations(fp: Fingerprint) -> tuple[float, str, tuple[float, float, str]]:
     if fp.aligned:
         why = (
             f"objects keep their axis (alignment {fp.alignment:.2f}, e.g. digits or standing "
-            "animals): a rotated one is not a real one; no rotations, TTA uses flips only"
+            "animals): a rotated one is not a real one; no rotations, TTA never turns the image"
         )
         return 0.0, why, (0.8, 1.2, "as I6, D3")
     why = (
