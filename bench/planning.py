@@ -5,7 +5,7 @@ class), and with ``--budget`` the planned run itself, timed as a user runs it.
     python bench/planning.py ../shared/data/ph2 --budget 3m
 
 Prints one row per dataset: median size, vertical and horizontal layout bias, object alignment
-(the median over classes, then each measured class's), the finest class
+and handedness (each the median over classes, then each measured class's), the finest class
 holding >= 2% of the labels and its half-width; with --budget, the wall time of
 ``pixelwise train --data DIR --budget B`` (a subprocess: imports and planning included), the
 epochs it trained, whether the budget stopped it, and the best validation mean IoU. Say the
@@ -32,14 +32,13 @@ def fingerprint_row(data: str) -> str:
     frequent = [c for c, f in enumerate(fp.frequency) if f >= 0.02 and fp.objects[c].half_width]
     c = min(frequent, key=lambda k: fp.objects[k].half_width)
     h, w = fp.median_size
-    aligned = ", ".join(
-        f"{name} {o.alignment:.2f}"
-        for name, o in zip(fp.classes, fp.objects, strict=True)
-        if o.alignment is not None
-    )
+    measured = [(n, o) for n, o in zip(fp.classes, fp.objects, strict=True) if o.alignment]
+    aligned = ", ".join(f"{name} {o.alignment:.2f}" for name, o in measured)
+    handed = ", ".join(f"{name} {o.handedness:.2f}" for name, o in measured)
     return (
         f"| {data} | {h}x{w} | {fp.vertical_bias:.2f} | {fp.horizontal_bias:.2f} | "
-        f"{fp.alignment:.2f} ({aligned}) | {fp.classes[c]} {fp.objects[c].half_width:.1f} px |"
+        f"{fp.alignment:.2f} ({aligned}) | {fp.handedness:.2f} ({handed}) | "
+        f"{fp.classes[c]} {fp.objects[c].half_width:.1f} px |"
     )
 
 
@@ -71,8 +70,9 @@ def main() -> None:
     p.add_argument("--budget", help="also train each with this budget, e.g. 3m")
     args = p.parse_args()
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-    print("| dataset | median size | vertical bias | horizontal bias | alignment | finest class |")
-    print("|---|---|---|---|---|---|")
+    print("| dataset | median size | vertical bias | horizontal bias | alignment | handedness "
+          "| finest class |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|")
     for data in args.data:
         print(fingerprint_row(data))
     if args.budget:

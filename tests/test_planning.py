@@ -88,9 +88,38 @@ def test_fingerprint_tells_objects_that_keep_their_axis(tmp_path):
     plan = make_plan(standing, CPU, 600, 8, 2)
     assert plan.options["rotate"] == 0 and "axis" in plan.reasons["rotate"]
     assert make_plan(turned, CPU, 600, 8, 2).options["rotate"] == 180
-    old = {k: v for k, v in standing.to_dict().items() if k != "alignment"}
-    with pytest.raises(KeyError):  # a cached fingerprint of the last version is measured again
-        Fingerprint.from_dict(old)
+
+
+def _letters(root: Path, mirrored: bool, n: int = 8, size: int = 64) -> Path:
+    """Four L-shaped objects per image at random places, all of one hand (a 7, an L) or half
+    of them mirrored (J-shaped: a car facing either way)."""
+    rng = np.random.default_rng(2)
+    for i in range(n):
+        mask = Image.new("L", (size, size), 0)
+        draw = ImageDraw.Draw(mask)
+        for k in range(4):
+            x, y = (int(v) for v in rng.integers(12, size - 20, 2))
+            draw.rectangle([x, y, x + 3, y + 15], fill=1)  # the stem
+            x0, x1 = (x - 8, x + 3) if mirrored and k % 2 else (x, x + 11)
+            draw.rectangle([x0, y + 12, x1, y + 15], fill=1)  # the foot, right or left
+        image = np.asarray(mask)[..., None] * 90 + rng.integers(0, 40, (size, size, 3))
+        (root / "images").mkdir(parents=True, exist_ok=True)
+        (root / "masks").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image.astype(np.uint8)).save(root / "images" / f"{i:02d}.png")
+        mask.save(root / "masks" / f"{i:02d}.png")
+    (root / "classes.txt").write_text("background 0 0 0\nletter 255 0 0")
+    return root
+
+
+def test_fingerprint_tells_objects_whose_mirror_image_is_not_real(tmp_path):
+    one_hand = _fp(_letters(tmp_path / "one", mirrored=False))
+    both = _fp(_letters(tmp_path / "both", mirrored=True))
+    assert one_hand.objects[1].handedness > 0.8 and one_hand.handed
+    assert both.objects[1].handedness < 0.3 and not both.handed
+    assert one_hand.horizontal_bias < 0.25  # the letters stand anywhere: not a layout bias
+    plan = make_plan(one_hand, CPU, 600, 8, 2)
+    assert plan.options["hflip"] is False and "mirrored object" in plan.reasons["hflip"]
+    assert make_plan(both, CPU, 600, 8, 2).options["hflip"] is True
 
 
 def test_fingerprint_sees_orientation_and_thin_structures(tmp_path):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from pixelwise.planning.fingerprint import Fingerprint, describe, fingerprint
+from pixelwise.planning.fingerprint import VERSION, Fingerprint, describe, fingerprint
 from pixelwise.planning.pipeline import PipelineProfile, loader_workers, sample_seconds
 from pixelwise.planning.plan import Plan, make_plan
 from pixelwise.planning.profile import CalibratedProfile, DeviceProfile, MeasuredProfile
@@ -32,13 +32,13 @@ def dataset_fingerprint(config: Any, progress: Callable | None = None) -> tuple[
     splits = {"train": len(train), "val": len(val)}
     key = counts_key(train)
     if key is not None:
-        key = cache.cache_key("fingerprint", key, config.input_scale)
+        key = cache.cache_key("fingerprint", key, config.input_scale, VERSION)
         entry = cache.load("fingerprint", key)
         if entry is not None:
             try:
                 return Fingerprint.from_dict(entry), splits
             except (TypeError, KeyError, ValueError):
-                pass  # an entry of another version: measure again
+                pass  # an unreadable entry: measure again
     fp = fingerprint(train, splits)
     if key is not None:
         cache.save("fingerprint", key, fp.to_dict())

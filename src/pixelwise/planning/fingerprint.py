@@ -22,7 +22,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["SAMPLE", "ClassObjects", "Fingerprint", "fingerprint"]
+__all__ = ["SAMPLE", "VERSION", "ClassObjects", "Fingerprint", "fingerprint"]
+
+VERSION = 3  # of what a fingerprint measures: part of its cache key (2: alignment, 3: handedness)
 
 SAMPLE = 64  # images read for the object and orientation statistics
 MIN_OBJECT_AREA = 16  # pixels: smaller components have no meaningful axis
@@ -30,6 +32,9 @@ MIN_OBJECTS = 16  # components a class needs before its alignment is measured (n
 #: alignment above which objects keep their axis: digits 0.54 and CamVid 0.46 (median over
 #: classes) against ISBI, DRIVE, STARE and PH2 <= 0.09 (docs/planning.md)
 ALIGNED = 0.25
+#: handedness above which mirror images are not real objects: digits 0.62 (median over classes)
+#: against ISBI 0.29, STARE 0.16, DRIVE 0.15, PH2 0.14 and CamVid 0.10 (docs/planning.md)
+HANDED = 0.45
 
 
 @dataclass
@@ -42,6 +47,9 @@ class ClassObjects:
     #: |mean of anisotropy x exp(2i angle)| over the class's components (0: round objects or
     #: any direction; 1: needles all pointing one way); None: too few objects to tell
     alignment: float | None = None
+    #: how consistently its components share one mirror signature (:func:`_consistency`: 0 as
+    #: many mirror images as objects, 1 all of one handedness, like 7s); None: too few objects
+    handedness: float | None = None
 
     @property
     def thin(self) -> bool:
@@ -67,6 +75,7 @@ class Fingerprint:
     vertical_bias: float = 0.0  # 0: the class layout ignores the row; 1: it is fixed by it
     horizontal_bias: float = 0.0
     alignment: float = 0.0  # median of the classes' object alignment (those measured)
+    handedness: float = 0.0  # median of the classes' object handedness (those measured)
 
     @property
     def upright(self) -> bool:
@@ -81,6 +90,12 @@ class Fingerprint:
         a real one, so no rotations, whatever the layout. Threshold: :data:`ALIGNED`."""
         return self.alignment > ALIGNED
 
+    @property
+    def handed(self) -> bool:
+        """Objects with a handedness (digits, letters): their mirror image is not a real one,
+        so no flips, whatever the layout. Threshold: :data:`HANDED`."""
+        return self.handedness > HANDED
+
     def thinnest(self) -> ClassObjects | None:
         """The objects of the class with the smallest half-width (among classes that occur)."""
         found = [o for o in self.objects if o.half_width > 0]
@@ -92,8 +107,6 @@ class Fingerprint:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Fingerprint:
         d = dict(d)
-        if "alignment" not in d:
-            raise KeyError("alignment")  # a fingerprint of an older version: measure again
         d["objects"] = [ClassObjects(**o) for o in d.get("objects", [])]
         for key in ("median_size", "min_size", "max_size"):
             d[key] = tuple(d[key])
@@ -102,36 +115,55 @@ class Fingerprint:
 
 def _components(mask: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Areas of the 8-connected components of class ``c`` in ``mask``, each of its pixels'
-    distance to the nearest pixel of another label (the distance transform), and the axis of
-    each component of at least MIN_OBJECT_AREA pixels (:func:`_axes`)."""
+    distance to the nearest pixel of another label (the distance transform), and the shape of
+    each component of at least MIN_OBJECT_AREA pixels (:func:`_shapes`)."""
     from scipy import ndimage
 
     region = mask == c
     if not region.any():
-        return np.zeros(0), np.zeros(0), np.zeros(0, dtype=np.complex128)
+        return np.zeros(0), np.zeros(0), np.zeros((0, 4))
     labels, n = ndimage.label(region, structure=np.ones((3, 3), dtype=bool))
     areas = np.bincount(labels.ravel(), minlength=n + 1)[1:]
     inner = ndimage.distance_transform_edt(np.pad(region, 1, mode="edge"))[1:-1, 1:-1]
-    return areas, inner[region], _axes(labels, n, region)
+    return areas, inner[region], _shapes(labels, n, region)
 
 
-def _axes(labels: np.ndarray, n: int, region: np.ndarray) -> np.ndarray:
-    """Per component (area >= MIN_OBJECT_AREA): ``anisotropy * exp(2i angle)`` of its second
-    moments, ``((var_x - var_y) + 2i cov_xy) / (var_x + var_y)``. Doubling the angle makes an
-    axis and its reverse the same; the mean over components is near 0 when they point
-    anywhere."""
+def _shapes(labels: np.ndarray, n: int, region: np.ndarray) -> np.ndarray:
+    """Per component (area >= MIN_OBJECT_AREA), a row of 4 numbers that describe its shape:
+
+    - column 0 + 1j * column 1, the axis: ``anisotropy * exp(2i angle)`` of its second
+      moments, ``((var_x - var_y) + 2i cov_xy) / (var_x + var_y)``. Doubling the angle makes an
+      axis and its reverse the same; the mean over components is near 0 when they point
+      anywhere.
+    - columns 1-3, the mirror signature: the moments that change sign under a left-right
+      flip, ``(2 cov_xy, E[dx^3], E[dx dy^2])``, in units of the object's size (its second
+      moment ``var_x + var_y`` to the power 1 and 3/2). The mean over components is near 0
+      when mirror images are as common as the objects themselves (a car faces either way), away
+      from 0 when the objects have a handedness (a 7 or an L never appears mirrored).
+    """
     y, x = np.nonzero(region)
     lab = labels[y, x]
     y, x = y.astype(np.float64), x.astype(np.float64)
-    count = np.bincount(lab, minlength=n + 1).astype(np.float64)
+    count = np.maximum(np.bincount(lab, minlength=n + 1).astype(np.float64), 1)
     keep = count >= MIN_OBJECT_AREA
     keep[0] = False
-    k = count[keep]
-    mean_y, mean_x = np.bincount(lab, y, n + 1)[keep] / k, np.bincount(lab, x, n + 1)[keep] / k
-    var_y = np.bincount(lab, y * y, n + 1)[keep] / k - mean_y**2
-    var_x = np.bincount(lab, x * x, n + 1)[keep] / k - mean_x**2
-    cov = np.bincount(lab, x * y, n + 1)[keep] / k - mean_x * mean_y
-    return ((var_x - var_y) + 2j * cov) / (var_x + var_y + 1e-9)
+    dy = y - (np.bincount(lab, y, n + 1) / count)[lab]
+    dx = x - (np.bincount(lab, x, n + 1) / count)[lab]
+
+    def moment(values: np.ndarray) -> np.ndarray:
+        return np.bincount(lab, values, n + 1)[keep] / count[keep]
+
+    var_x, var_y, cov = moment(dx * dx), moment(dy * dy), moment(dx * dy)
+    size = var_x + var_y + 1e-9
+    return np.stack(
+        [
+            (var_x - var_y) / size,
+            2 * cov / size,
+            moment(dx**3) / size**1.5,
+            moment(dx * dy * dy) / size**1.5,
+        ],
+        axis=1,
+    )
 
 
 def _weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
@@ -146,38 +178,46 @@ def _objects(masks: list[np.ndarray], num_classes: int) -> list[ClassObjects]:
     """Per class: components per image, the area of the component a typical pixel belongs to
     (area-weighted median: specks of annotation noise do not count), and the half-width, twice
     the median distance of its pixels to an edge (a strip W px wide gives W / 2; a network of
-    membranes is thin however large it is)."""
+    membranes is thin however large it is); with enough objects, their alignment and
+    handedness (the lengths of the mean axis and of the mean mirror signature, :func:`_shapes`)."""
     out = []
     for c in range(num_classes):
-        counts, areas, distances, axes = [], [], [], []
+        counts, areas, distances, shapes = [], [], [], []
         for mask in masks:
-            comp_areas, inner, comp_axes = _components(mask, c)
+            comp_areas, inner, comp_shapes = _components(mask, c)
             if len(comp_areas):
                 counts.append(len(comp_areas))
                 areas.append(comp_areas)
                 distances.append(inner)
-                axes.append(comp_axes)
+                shapes.append(comp_shapes)
         if not counts:
             out.append(ClassObjects())
             continue
         all_areas = np.concatenate(areas).astype(np.float64)
-        all_axes = np.concatenate(axes)
+        all_shapes = np.concatenate(shapes)
+        enough = len(all_shapes) >= MIN_OBJECTS
         out.append(
             ClassObjects(
                 per_image=float(np.median(counts)),
                 area=round(_weighted_median(all_areas, all_areas), 1),
                 half_width=round(2 * float(np.median(np.concatenate(distances))), 2),
-                alignment=round(float(abs(all_axes.mean())), 3)
-                if len(all_axes) >= MIN_OBJECTS
-                else None,
+                alignment=round(float(np.hypot(*all_shapes[:, :2].mean(0))), 3) if enough else None,
+                handedness=_consistency(all_shapes[:, 1:]) if enough else None,
             )
         )
     return out
 
 
-def _alignment(objects: list[ClassObjects]) -> float:
-    """The median alignment of the classes with enough objects to measure (0: none has)."""
-    measured = [o.alignment for o in objects if o.alignment is not None]
+def _consistency(signatures: np.ndarray) -> float:
+    """|mean of the vectors| / mean of their lengths: 1 when all point the same way, ~1/sqrt(n)
+    when their signs are random."""
+    lengths = np.linalg.norm(signatures, axis=1)
+    return round(float(np.linalg.norm(signatures.mean(0)) / max(lengths.mean(), 1e-12)), 3)
+
+
+def _median(values: list[float | None]) -> float:
+    """The median of the measured values (0: none is)."""
+    measured = [v for v in values if v is not None]
     return round(float(np.median(measured)), 3) if measured else 0.0
 
 
@@ -242,7 +282,8 @@ def fingerprint(train: Any, splits: dict[str, int], seed: int = 0) -> Fingerprin
         objects=objects,
         vertical_bias=round(_bias(masks, num_classes, frequency, 0), 4),
         horizontal_bias=round(_bias(masks, num_classes, frequency, 1), 4),
-        alignment=_alignment(objects),
+        alignment=_median([o.alignment for o in objects]),
+        handedness=_median([o.handedness for o in objects]),
     )
 
 

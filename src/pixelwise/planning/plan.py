@@ -248,12 +248,19 @@ def _optimisation(plan: Plan) -> None:
 
 
 def _augmentation(plan: Plan, fp: Fingerprint) -> None:
-    hflip = fp.horizontal_bias <= 0.25
+    sided, handed = fp.horizontal_bias > 0.25, fp.handed
     plan.set(
         "hflip",
-        hflip,
-        f"left-right layout bias {fp.horizontal_bias:.2f}"
-        + (": mirror images are as likely" if hflip else ": classes keep their side, no flips"),
+        not (sided or handed),
+        f"left-right layout bias {fp.horizontal_bias:.2f}, object handedness "
+        f"{fp.handedness:.2f}: "
+        + (
+            "classes keep their side, no flips"
+            if sided
+            else "a mirrored object is not a real one (a 7, an L), no flips"
+            if handed
+            else "mirror images are as likely"
+        ),
     )
     rotate, why, scales = _rotations(fp)
     plan.set("rotate", rotate, why)
