@@ -88,3 +88,25 @@ def test_soft_dice_is_zero_for_certain_right_answers_and_has_gradients():
     loss.backward()
     assert float(loss) > 0.5 and wrong.grad.abs().sum() > 0
     assert float(soft_dice_loss(wrong, torch.full_like(target, 255))) == 0.0
+
+
+def test_crf_loss_wants_labels_to_follow_the_image_edges():
+    """Zero for one label everywhere; a label edge costs little where the image has an edge and
+    much across flat intensity; and a click's gradient spreads to its own side of an edge."""
+    from pixelwise.losses import crf_loss
+
+    image = torch.zeros(1, 1, 32, 32)
+    image[..., 16:] = 200.0  # dark left half, bright right half
+    one = torch.zeros(1, 2, 32, 32)
+    one[:, 0] = 10.0
+    assert crf_loss(one, image).item() < 1e-3
+    split = torch.zeros(1, 2, 32, 32)
+    split[:, 0, :, :16], split[:, 1, :, 16:] = 10.0, 10.0
+    shifted = split.roll(8, dims=3)  # the label edge at column 8, in the flat dark half
+    assert crf_loss(shifted, image).item() > 10 * crf_loss(split, image).item()
+    logits = torch.zeros(1, 2, 32, 32, requires_grad=True)
+    with torch.no_grad():
+        logits[:, 1, 10:14, 2:6] = 5.0  # a confident class-1 click in the dark half
+    crf_loss(logits, image, stride=1).backward()
+    # lowering the loss means raising class 1 next to the click, not across the edge
+    assert logits.grad[0, 1, 12, 8] < 0 and logits.grad[0, 1, 12, 24].abs() < 1e-6

@@ -14,6 +14,12 @@ count so that class weights change the balance between classes and not the overa
 ``soft_dice_loss`` is nnU-Net's companion term (``--loss dice-ce`` adds it to the cross-entropy):
 one minus the soft Dice of the softmax against the labels, per class over the whole batch,
 averaged over the classes that occur in the batch's labels or predictions.
+
+``crf_loss`` is the regularised loss of weak supervision (Tang et al., "On Regularized Losses
+for Weakly-supervised CNN Segmentation", ECCV 2018; the local form of Obukhov et al.'s Gated CRF
+loss, 2019): on *every* pixel, labelled or not, the expected disagreement of its softmax with
+its neighbours', weighted by the dense CRF's appearance kernel. It carries a few clicked labels
+to the image's edges: pixels of similar colour close by are pushed to take one label.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["align_target", "pixel_cross_entropy", "soft_dice_loss"]
+__all__ = ["align_target", "crf_loss", "pixel_cross_entropy", "soft_dice_loss"]
 
 
 def align_target(
@@ -114,3 +120,41 @@ def soft_dice_loss(
         return logits.sum() * 0.0
     dice = (2 * intersection + smooth) / (total + smooth)
     return 1 - dice[present].mean()
+
+
+def crf_loss(
+    logits: torch.Tensor,
+    image: torch.Tensor,
+    radius: int = 5,
+    sigma_xy: float = 5.0,
+    sigma_color: float = 15.0,
+    stride: int = 2,
+) -> torch.Tensor:
+    """The relaxed Potts energy of the softmax of ``logits (N, K, H, W)`` under a local
+    bilateral kernel of ``image (N, C, H, W)`` (intensities 0-255, not normalised), per pixel:
+
+        sum_j k_ij (1 - p_i . p_j) / #neighbours,
+        k_ij = exp(-|x_i - x_j|^2 / 2 sigma_xy^2 - |I_i - I_j|^2 / 2 sigma_color^2)
+
+    over the ``(2 radius + 1)^2 - 1`` neighbours ``j`` of ``i`` on a grid ``stride`` times
+    coarser than the image (both are average-pooled first; ``sigma_xy`` is in image pixels),
+    averaged over the pixels. 0 when every neighbourhood agrees, at most 1."""
+    if stride > 1:
+        logits = F.avg_pool2d(logits, stride, ceil_mode=True)
+        image = F.avg_pool2d(image.float(), stride, ceil_mode=True)
+    probs, image = torch.softmax(logits.float(), 1), image.float()
+    h, w = probs.shape[-2:]
+    total = probs.new_zeros(())
+    # each pair once: the offsets (dy, dx) of one half-plane, each pair counted twice below
+    half = [(dy, dx) for dy in range(radius + 1) for dx in range(-radius, radius + 1)]
+    for dy, dx in [(dy, dx) for dy, dx in half if dy > 0 or dx > 0]:
+        if dy >= h or abs(dx) >= w:
+            continue
+        a = (slice(None), slice(None), slice(0, h - dy), slice(max(0, -dx), w - max(0, dx)))
+        b = (slice(None), slice(None), slice(dy, h), slice(max(0, dx), w - max(0, -dx)))
+        colour = ((image[a] - image[b]) ** 2).sum(1) / (2 * sigma_color**2)
+        near = (dy * dy + dx * dx) * stride**2 / (2 * sigma_xy**2)
+        agree = (probs[a] * probs[b]).sum(1)
+        total = total + 2 * (torch.exp(-near - colour) * (1 - agree)).sum()
+    neighbours = (2 * radius + 1) ** 2 - 1
+    return total / (probs.shape[0] * h * w * neighbours)

@@ -40,7 +40,7 @@ from pixelwise.data.transforms import default_normalization
 from pixelwise.errors import ConfigError
 from pixelwise.files import write_json
 from pixelwise.label.project import ERASE, LabelError, Project
-from pixelwise.losses import pixel_cross_entropy
+from pixelwise.losses import crf_loss, pixel_cross_entropy
 from pixelwise.models import build
 from pixelwise.predict import Segmenter, forward_full, resolve_device
 from pixelwise.runs import RUN_FORMAT, load_run, publish_checkpoint, save_checkpoint
@@ -66,6 +66,10 @@ class TrainerOptions:
     rotate90: bool = False  # also vertical flips and quarter turns (orientation-free images)
     jitter: float = 0.0  # random contrast x(1 +- jitter) and brightness +-jitter (of 255)
     balance: bool = True  # weigh classes by 1 / sqrt(their labelled pixels)
+    #: weight of the CRF loss on every pixel of a crop (``losses.crf_loss``: neighbours of
+    #: similar colour take one label), which carries clicks to the image's edges; 0: off
+    crf_weight: float = 0.0
+    crf_color: float = 15.0  # its colour bandwidth (intensity units of 0-255 images)
     ema: float = 0.95  # publish an exponential moving average of the weights (0: the weights)
     publish_every: float = 5.0  # seconds of training between checkpoints
     score_seconds: float = 1.0  # after each checkpoint: time spent scoring unlabelled images
@@ -290,10 +294,15 @@ class Trainer:
         self.seconds += time.monotonic() - t0
         return steps
 
-    def _step(self, x: torch.Tensor, y: torch.Tensor, weights: torch.Tensor) -> None:
+    def _step(
+        self, x: torch.Tensor, y: torch.Tensor, raw: torch.Tensor, weights: torch.Tensor
+    ) -> None:
         self.model.train()
         logits = forward_full(self.model, x.to(self.device))
         loss = pixel_cross_entropy(logits, y.to(self.device), class_weights=weights.to(self.device))
+        if self.options.crf_weight > 0:
+            crf = crf_loss(logits, raw.to(self.device), sigma_color=self.options.crf_color)
+            loss = loss + self.options.crf_weight * crf
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -328,12 +337,14 @@ class Trainer:
         self._data[stem] = (version, mask, index)
         return mask, index
 
-    def _batch(self) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """One batch of crops around labelled pixels; None when nothing is labelled."""
+    def _batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """One batch of crops around labelled pixels: the network's input, the labels and the
+        crops' intensities (0-255, ``(B, C, H, W)``, for the CRF loss); None when nothing is
+        labelled."""
         from pixelwise.data.transforms import to_tensor
 
         stems = self.project.labelled_stems()
-        size, xs, ys = self.options.crop, [], []
+        size, xs, ys, raws = self.options.crop, [], [], []
         tries = 0
         while len(xs) < self.options.batch_size and stems and tries < 4 * self.options.batch_size:
             tries += 1
@@ -348,11 +359,13 @@ class Trainer:
             mask, index = found
             image, crop_mask = _crop_around(image, mask, index, size, self.rng)
             image, crop_mask = self._augment(image, crop_mask)
-            xs.append(to_tensor(np.ascontiguousarray(image), self.mean, self.std))
+            image = np.ascontiguousarray(image)
+            xs.append(to_tensor(image, self.mean, self.std))
             ys.append(torch.from_numpy(crop_mask.astype(np.int64)))
+            raws.append(torch.from_numpy(image.reshape(size, size, -1)).permute(2, 0, 1))
         if not xs:
             return None
-        return torch.stack(xs), torch.stack(ys)
+        return torch.stack(xs), torch.stack(ys), torch.stack(raws)
 
     def _augment(self, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         opts, rng = self.options, self.rng
