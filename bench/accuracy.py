@@ -457,6 +457,41 @@ def _scored(score, run: Path, ds, scale: float, tta: bool) -> dict[str, Any]:
     return s
 
 
+def register_smp() -> None:
+    """SMP's Unet(resnet34), randomly initialised, as the pixelwise model ``smp_unet_resnet34``
+    (``--smp``), so that ``--set model=smp_unet_resnet34 --set model_args={}`` trains it through
+    the same pipeline as the plan (issue 18: time-to-accuracy beside SMP). Its input sides must
+    be multiples of 32 (five poolings): use a crop that is one."""
+    import math
+
+    try:
+        import segmentation_models_pytorch as smp
+    except ImportError:
+        raise SystemExit("--smp needs segmentation_models_pytorch (pixelwise[bench])") from None
+    from pixelwise.models import register
+    from pixelwise.models.base import SegmentationModel
+
+    class SmpUnet(SegmentationModel):
+        """SMP Unet(resnet34) from scratch: ``(N, C, H, W)`` -> ``(N, K, H, W)``, H and W
+        multiples of 32."""
+
+        tile_grid = 32
+
+        def __init__(self, num_classes: int, in_channels: int = 3, width: float = 1.0) -> None:
+            super().__init__(num_classes, in_channels)
+            self.net = smp.Unet(
+                "resnet34", encoder_weights=None, in_channels=in_channels, classes=num_classes
+            )
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net(x)
+
+        def valid_input_size(self, h: int, w: int) -> tuple[int, int]:
+            return 32 * math.ceil(max(1, h) / 32), 32 * math.ceil(max(1, w) / 32)
+
+    register("smp_unet_resnet34", "Iakubovskii, SMP (peer)", "bench only")(SmpUnet)
+
+
 def _trained(
     args: argparse.Namespace,
     name: str,
@@ -601,6 +636,12 @@ def main() -> None:
         help="plan: what 'pixelwise train --data DIR --budget' plans, nothing else (default); "
         "hand: the hand-tuned RECIPES entry (with --set overrides), the planner's yardstick",
     )
+    p.add_argument(
+        "--smp",
+        action="store_true",
+        help="make SMP's Unet(resnet34) trainable as --set model=smp_unet_resnet34 (with --set "
+        "model_args={} and a crop that is a multiple of 32)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--runs", default=str(Path(os.environ.get("TMPDIR", "/tmp")) / "pw-accuracy"))
@@ -617,6 +658,8 @@ def main() -> None:
             ) from None
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.smp:
+        register_smp()
     recipe = copy.deepcopy(RECIPES[args.dataset])
     for assignment in args.set:
         _set(recipe, assignment)
