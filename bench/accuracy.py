@@ -556,13 +556,23 @@ def run_dataset(name: str, args: argparse.Namespace, recipe: dict[str, Any]) -> 
         run, summary = _trained(args, name, recipe, data, data_args, args.minutes, out_root)
         val = open_dataset(data, "val", **data_args)
         result.update(_scored(score_camvid, run, val, _run_scale(run), args.tta))
-        result.update(epochs=summary["epochs"], train_s=summary["wall_s"])
+        result.update(epochs=summary["epochs"], train_s=summary["wall_s"], curve=_curve(run))
     if args.recipe == "plan" and not args.score_only:
         result["recipe"] = summary["plan"]
         result["given"] = summary["given"]
     result["total_s"] = round(time.perf_counter() - t0, 1)
     result["reference"] = REFERENCES[name]
     return result
+
+
+def _curve(run: Path) -> list[list[float]]:
+    """Time to accuracy: ``[seconds of training, val mean IoU]`` after each validation (the
+    run's metrics.csv; the loop's own validation, at the training scale)."""
+    import csv
+
+    with open(run / "metrics.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("val_mean_iou")]
+    return [[float(r["time_s"]), round(float(r["val_mean_iou"]), 4)] for r in rows]
 
 
 def _table(r: dict[str, Any]) -> str:
@@ -591,6 +601,14 @@ def _table(r: dict[str, Any]) -> str:
             lines.append(f"  {k:<24} {r[k]:.4f}")
         lines.append(f"  epochs                   {r['epochs']}  (scored at {r['resolution']})")
         lines.append("  per-class IoU: " + ", ".join(f"{k} {v:.2f}" for k, v in r["iou"].items()))
+        if r.get("curve"):  # the best val mIoU reached by each sixth of the training time
+            end = r["curve"][-1][0]
+            marks = [end * k / 6 for k in range(1, 7)]
+            best = [max((v for t, v in r["curve"] if t <= m), default=0.0) for m in marks]
+            lines.append(
+                "  time to accuracy (best val mIoU so far, training scale): "
+                + ", ".join(f"{m / 60:.0f} min {b:.3f}" for m, b in zip(marks, best, strict=True))
+            )
     if "tta" in r:
         keys = {
             "isbi": ("rand_error_best", "pixel_error", "pixel_error_challenge", "mean_iou"),
