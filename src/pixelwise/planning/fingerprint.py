@@ -12,7 +12,9 @@ parts) and cached per dataset like the class pixel counts:
 - orientation: how much the classes' positions depend on the row (sky above road) or on the
   column, which says whether vertical flips and quarter turns are fair augmentations;
 - alignment: whether the objects of a class share an axis (digits and pedestrians stand up,
-  cells and vessels point anywhere), which says whether a rotated object is still a real one.
+  cells and vessels point anywhere), which says whether a rotated object is still a real one;
+- handedness: whether the objects of a class are all of one hand (a 7 is never mirrored, a car
+  faces either way), which says whether a mirrored object is still a real one.
 """
 
 from __future__ import annotations
@@ -307,5 +309,7 @@ def describe(fp: Fingerprint) -> list[str]:
         f"orientation: vertical bias {fp.vertical_bias:.2f}, horizontal bias "
         f"{fp.horizontal_bias:.2f}: {orient}; object alignment {fp.alignment:.2f}: "
         + ("objects keep their axis" if fp.aligned else "objects point any way")
+        + f"; object handedness {fp.handedness:.2f}: "
+        + ("mirrored objects are not real" if fp.handed else "mirror images are as likely")
     )
     return lines
