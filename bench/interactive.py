@@ -172,11 +172,9 @@ def new_project(tmp: Path, data: dict[str, Any], tag: str) -> Project:
 def trainer_options(args, **extra: Any) -> TrainerOptions:
     """The page's defaults, with ``--set KEY=VALUE`` overrides (for experiments)."""
     opts = TrainerOptions(threads=args.threads, device="cpu", seed=args.seed, **extra)
-    for item in args.set:
+    for item in args.set:  # JSON values: 2e-3, true, {"depth": 4}
         key, _, value = item.partition("=")
-        setattr(
-            opts, key, json.loads(value) if key == "model_args" else type(getattr(opts, key))(value)
-        )
+        setattr(opts, key, type(getattr(opts, key))(json.loads(value)))
     return opts
 
 
