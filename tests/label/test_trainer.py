@@ -185,9 +185,10 @@ def test_crops_hold_labelled_pixels(tmp_path):
     try:
         trainer = Trainer(project, options=TrainerOptions(**FAST))
         project.apply("h0", [Stroke(1, 1.0, ((20.0, 10.0),))])
-        x, y = trainer._batch()
+        x, y, raw = trainer._batch()
         assert x.shape == (2, 1, 32, 32) and y.shape == (2, 32, 32)
         assert ((y != ERASE).sum(dim=(1, 2)) > 0).all()
+        assert raw.shape == (2, 1, 32, 32) and raw.dtype == torch.uint8  # for the CRF loss
     finally:
         project.close()
 
@@ -206,5 +207,24 @@ def test_augmentations_keep_image_and_labels_aligned(tmp_path):
             # dark labelled pixels stay dark, bright ones bright, whatever the turn
             assert out[labels == 0].mean() < 128 < out[labels == 1].mean()
             assert (labels != ERASE).sum() == (mask != ERASE).sum()
+    finally:
+        project.close()
+
+
+def test_the_crf_loss_is_part_of_the_step_when_asked(tmp_path):
+    """With ``crf_weight`` the step's loss is the clicks' cross-entropy plus the weighted CRF
+    loss of the whole crop: the same weights and batch give a larger loss than without."""
+    images = halves(tmp_path / "in", n=1)
+    project = Project.open(images, "dark,bright", tmp_path / "proj")
+    try:
+        label_halves(project)
+        losses = []
+        for weight in (0.0, 5.0):
+            torch.manual_seed(0)
+            options = TrainerOptions(**FAST, crf_weight=weight, seed=3)
+            trainer = Trainer(project, out=tmp_path / f"r{weight}", options=options)
+            trainer.train_for(0, clock=lambda: 0.0)
+            losses.append(trainer.losses[-1])
+        assert losses[1] > losses[0] > 0
     finally:
         project.close()
