@@ -77,7 +77,8 @@ _SMALL_UNET: dict[str, Any] = {
 # Hand recipes (--recipe hand): the yardsticks the planner is held to, not what users get. None
 # beats the plan at the same budget on one machine (docs/results.md): ISBI 60 min, Rand error
 # 0.0935 against the plan's 0.0493 (I9, I8); DRIVE 10 min, Dice 0.759 against 0.773 (D5, D4);
-# CamVid 60 min, C3's scale at width 16 0.556 against the plan's 0.554 (C5, C4), a tie.
+# CamVid 60 min, C3's recipe 0.516 against the plan's 0.554 (C6, C4; C3's scale at width 16,
+# C5: 0.556); digits 5 min, the demo's options 0.314 against 0.426 (docs/planning.md).
 RECIPES: dict[str, dict[str, Any]] = {
     # the U-Net paper's recipe: elastic deformation and the border-weighted loss (w0 10, sigma 5)
     "isbi": {**_SMALL_UNET, "elastic": 10.0, "loss": "weighted-ce", "weight_map": "unet"},
