@@ -35,7 +35,9 @@ Each row also gives the share of pixels whose argmax equals the eager model's.
 When torchvision and segmentation_models_pytorch are importable (``pip install
 'pixelwise[bench]'``), torchvision's fcn_resnet50 and lraspp_mobilenet_v3_large and SMP's
 Unet(resnet34) join the same round-robin, with random weights, through the same engines
-(``--match-smp`` adds unet_same at the width whose MACs match SMP's U-Net at the largest size).
+(``--match-smp`` adds unet_same at the width whose MACs match SMP's U-Net at the largest size;
+``--unet-shapes 24:5`` adds unet_same at base width 24 and depth 5, which moves MACs from the
+full-resolution layers to the wide low-resolution ones, as ResNet-34's encoder has them).
 
 ``--train``: the training step (forward, backward, SGD step; channels-last as ``pixelwise
 train``) at batch 4 and 256x256 (``--train-batch``, ``--train-size``), in fp32 and under bf16
@@ -188,16 +190,30 @@ class Spec:
     name: str
     width: float | None = None  # None: a peer
     note: str = ""
+    base: int | None = None  # unet_same's base_width and depth (--unet-shapes)
+    depth: int | None = None
 
     @property
     def label(self) -> str:
+        if self.base is not None:
+            return f"{self.name} b{self.base} d{self.depth}"
         return self.name if self.width is None else f"{self.name} w{self.width:g}"
 
     def build(self) -> nn.Module:
         torch.manual_seed(0)
         if self.width is None:
             return build_peer(self.name).eval()
-        return build(self.name, CLASSES, width=self.width).eval()
+        shape = {} if self.base is None else {"base_width": self.base, "depth": self.depth}
+        return build(self.name, CLASSES, width=self.width, **shape).eval()
+
+
+def shaped(shapes: list[str]) -> list[Spec]:
+    """``--unet-shapes BASE:DEPTH ...``: unet_same at those base widths and depths."""
+    out = []
+    for item in shapes:
+        base, _, depth = item.partition(":")
+        out.append(Spec("unet_same", 1.0, base=int(base), depth=int(depth or 4)))
+    return out
 
 
 def params_of(model: nn.Module) -> int:
@@ -553,6 +569,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--peers", choices=("auto", "on", "off"), default="auto")
     p.add_argument("--peer-models", nargs="+", default=list(PEERS), choices=PEERS)
     p.add_argument("--match-smp", action="store_true", help="add unet_same at SMP's MACs")
+    p.add_argument(
+        "--unet-shapes",
+        nargs="*",
+        default=[],
+        metavar="BASE:DEPTH",
+        help="also unet_same at these base widths and depths, e.g. 24:5 (MACs moved to low "
+        "resolution)",
+    )
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int)
@@ -640,7 +664,7 @@ def inference(args: argparse.Namespace, threads: int, say: Callable) -> dict[str
         raise SystemExit(
             f"--peers on: cannot import {', '.join(missing)}; pip install 'pixelwise[bench]'"
         )
-    specs = [Spec(m, w) for m in args.models for w in args.widths]
+    specs = [Spec(m, w) for m in args.models for w in args.widths] + shaped(args.unet_shapes)
     if use_peers:
         specs += [Spec(p) for p in args.peer_models]
     if use_peers and args.match_smp and "smp_unet_resnet34" in args.peer_models:
@@ -752,7 +776,7 @@ def _no_grad_full(model: nn.Module, x: Tensor) -> Tensor:
 def training(args: argparse.Namespace, say: Callable) -> dict[str, Any]:
     models = args.train_models or args.models
     widths = args.train_widths or args.widths
-    specs = [Spec(m, w) for m in models for w in widths]
+    specs = [Spec(m, w) for m in models for w in widths] + shaped(args.unet_shapes)
     if args.train_peers and all(peers_available().values()):
         specs += [Spec(p) for p in args.peer_models]
     entries: list[Entry] = [Entry({"precision": "matmul"}, matmul_call())]
