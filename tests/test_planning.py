@@ -70,13 +70,19 @@ def _rods(root: Path, turned: bool, n: int = 8, size: int = 64) -> Path:
             u, v = 10 * np.cos(t), 3 * np.sin(t)  # the rod's long axis along u
             xs, ys = cx + u * np.cos(a) - v * np.sin(a), cy + u * np.sin(a) + v * np.cos(a)
             draw.polygon(list(zip(xs.tolist(), ys.tolist(), strict=True)), fill=1)
-        (root / "images").mkdir(parents=True, exist_ok=True)
-        (root / "masks").mkdir(parents=True, exist_ok=True)
-        image = np.asarray(mask)[..., None] * 90 + rng.integers(0, 40, (size, size, 3))
-        Image.fromarray(image.astype(np.uint8)).save(root / "images" / f"{i:02d}.png")
-        mask.save(root / "masks" / f"{i:02d}.png")
+        _scene(root, f"{i:02d}", mask, rng)
     (root / "classes.txt").write_text("background 0 0 0\nrod 255 0 0")
     return root
+
+
+def _scene(root: Path, stem: str, mask: Image.Image, rng: np.random.Generator) -> None:
+    """Write ``mask`` (class 1 on 0) and a noisy RGB image of it as ``images/`` + ``masks/``."""
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "masks").mkdir(parents=True, exist_ok=True)
+    m = np.asarray(mask)
+    image = m[..., None] * 90 + rng.integers(0, 40, (*m.shape, 3))
+    Image.fromarray(image.astype(np.uint8)).save(root / "images" / f"{stem}.png")
+    mask.save(root / "masks" / f"{stem}.png")
 
 
 def test_fingerprint_tells_objects_that_keep_their_axis(tmp_path):
@@ -102,11 +108,7 @@ def _letters(root: Path, mirrored: bool, n: int = 8, size: int = 64) -> Path:
             draw.rectangle([x, y, x + 3, y + 15], fill=1)  # the stem
             x0, x1 = (x - 8, x + 3) if mirrored and k % 2 else (x, x + 11)
             draw.rectangle([x0, y + 12, x1, y + 15], fill=1)  # the foot, right or left
-        image = np.asarray(mask)[..., None] * 90 + rng.integers(0, 40, (size, size, 3))
-        (root / "images").mkdir(parents=True, exist_ok=True)
-        (root / "masks").mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image.astype(np.uint8)).save(root / "images" / f"{i:02d}.png")
-        mask.save(root / "masks" / f"{i:02d}.png")
+        _scene(root, f"{i:02d}", mask, rng)
     (root / "classes.txt").write_text("background 0 0 0\nletter 255 0 0")
     return root
 
