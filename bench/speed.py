@@ -190,13 +190,15 @@ class Spec:
     name: str
     width: float | None = None  # None: a peer
     note: str = ""
-    base: int | None = None  # unet_same's base_width and depth (--unet-shapes)
+    base: int | None = None  # unet_same's base_width, depth, stem_width (--unet-shapes)
     depth: int | None = None
+    stem: int | None = None
 
     @property
     def label(self) -> str:
         if self.base is not None:
-            return f"{self.name} b{self.base} d{self.depth}"
+            stem = f" s{self.stem}" if self.stem is not None else ""
+            return f"{self.name} b{self.base} d{self.depth}{stem}"
         return self.name if self.width is None else f"{self.name} w{self.width:g}"
 
     def build(self) -> nn.Module:
@@ -204,15 +206,19 @@ class Spec:
         if self.width is None:
             return build_peer(self.name).eval()
         shape = {} if self.base is None else {"base_width": self.base, "depth": self.depth}
+        if self.stem is not None:
+            shape["stem_width"] = self.stem
         return build(self.name, CLASSES, width=self.width, **shape).eval()
 
 
 def shaped(shapes: list[str]) -> list[Spec]:
-    """``--unet-shapes BASE:DEPTH ...``: unet_same at those base widths and depths."""
+    """``--unet-shapes BASE:DEPTH[:STEM] ...``: unet_same at those base widths, depths and
+    full-resolution (stem) widths."""
     out = []
     for item in shapes:
-        base, _, depth = item.partition(":")
-        out.append(Spec("unet_same", 1.0, base=int(base), depth=int(depth or 4)))
+        numbers = [int(v) for v in item.split(":")]
+        base, depth, stem = numbers[0], numbers[1] if len(numbers) > 1 else 4, numbers[2:]
+        out.append(Spec("unet_same", 1.0, base=base, depth=depth, stem=stem[0] if stem else None))
     return out
 
 
@@ -573,9 +579,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--unet-shapes",
         nargs="*",
         default=[],
-        metavar="BASE:DEPTH",
-        help="also unet_same at these base widths and depths, e.g. 24:5 (MACs moved to low "
-        "resolution)",
+        metavar="BASE:DEPTH[:STEM]",
+        help="also unet_same at these base widths, depths and stem widths, e.g. 24:5 or 28:4:16 "
+        "(MACs moved to low resolution)",
     )
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)

@@ -95,6 +95,21 @@ def test_unet_same_returns_input_size():
             assert net.output_size(h, w) == (h, w)
 
 
+def test_stem_width_narrows_the_full_resolution_level_only():
+    net = build("unet_same", 3, base_width=16, depth=3, stem_width=4).eval()
+    assert [m.out_channels for m in net.up] == [64, 32, 4]  # deepest first
+    assert net.encoder[0][0].out_channels == 4 and net.encoder[1][0].in_channels == 4
+    assert net.head.in_channels == 4 and net.decoder[-1][0].in_channels == 8  # [skip | up]
+    with torch.no_grad():
+        assert net(torch.randn(1, 3, 40, 48)).shape == (1, 3, 40, 48)
+    plain = build("unet_same", 3, base_width=16, depth=3)
+    assert n_params("unet_same", num_classes=3, base_width=16, depth=3, stem_width=4) < sum(
+        p.numel() for p in plain.parameters()
+    )
+    with pytest.raises(ConfigError, match="stem_width"):
+        build("unet_same", 3, stem_width=0)
+
+
 def test_structure_options_and_init():
     net = build("unet", 2, width=1.0, base_width=8, depth=3, dropout=0.5)
     assert [(m.in_channels, m.out_channels) for m in net.up] == [(64, 32), (32, 16), (16, 8)]

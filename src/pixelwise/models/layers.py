@@ -23,12 +23,14 @@ def scaled(channels: int, width: float) -> int:
 def check_args(model: str, **values: object) -> None:
     """Raise ``ConfigError`` naming ``model`` and the argument when a common argument is invalid.
 
-    Knows ``num_classes``, ``in_channels``, ``depth``, ``base_width`` (integers >= 1), ``width``
+    Knows ``num_classes``, ``in_channels``, ``depth``, ``base_width``, ``stem_width`` (integers
+    >= 1; ``stem_width`` may be None), ``width``
     (a number > 0), ``dropout`` (0 <= p < 1) and boolean flags (any other name).
     """
     for name, value in values.items():
-        if name in ("num_classes", "in_channels", "depth", "base_width"):
+        if name in ("num_classes", "in_channels", "depth", "base_width", "stem_width"):
             ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+            ok = ok or (name == "stem_width" and value is None)  # None: base_width
             need = "an integer >= 1"
         elif name == "width":
             ok = _is_number(value) and math.isfinite(value) and value > 0

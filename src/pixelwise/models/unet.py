@@ -45,6 +45,11 @@ class UNet(SegmentationModel):
     ``padding="same"``: every conv keeps its size; where a level's input had an odd size (floor
     pooling dropped the last row / column), the up-sampled map is zero-padded at the bottom /
     right to the skip's size, which keeps both maps aligned at the top-left.
+
+    ``stem_width``: channels of the full-resolution level alone (default ``base_width``). The
+    two convs there and the two after the last concatenation run on the largest maps with the
+    fewest channels, where a convolution is closest to memory-bound (docs/performance.md); a
+    narrower stem moves the model's time to the wide, small levels.
     """
 
     def __init__(
@@ -57,6 +62,7 @@ class UNet(SegmentationModel):
         padding: str = "valid",
         batch_norm: bool = False,
         dropout: float = 0.0,
+        stem_width: int | None = None,
     ) -> None:
         if padding not in ("valid", "same"):
             raise ConfigError(f"U-Net padding must be 'valid' or 'same', got {padding!r}")
@@ -67,6 +73,8 @@ class UNet(SegmentationModel):
         self.padding = padding
         pad = 1 if padding == "same" else 0
         chans = [scaled(base_width * 2**level, width) for level in range(depth + 1)]
+        if stem_width is not None:  # the full-resolution level only (SMP's decoder ends at 16)
+            chans[0] = scaled(stem_width, width)
         self.encoder = nn.ModuleList()
         previous = in_channels
         for level in range(depth):
@@ -199,6 +207,7 @@ def unet(
     width: float = 1.0,
     batch_norm: bool = False,
     dropout: float = 0.0,
+    stem_width: int | None = None,
 ) -> UNet:
     """The paper's U-Net: valid 3x3 convs, output ``border`` pixels smaller on each side."""
     return _build("unet", "valid", **locals())
@@ -217,6 +226,7 @@ def unet_same(
     width: float = 1.0,
     batch_norm: bool = True,
     dropout: float = 0.0,
+    stem_width: int | None = None,
 ) -> UNet:
     """U-Net with padded convs and BatchNorm: logits exactly the input's size."""
     return _build("unet_same", "same", **locals())
