@@ -682,7 +682,12 @@ def main() -> None:
     recipe = copy.deepcopy(RECIPES[args.dataset])
     for assignment in args.set:
         _set(recipe, assignment)
-    result = run_dataset(args.dataset, args, recipe)
+    from pixelwise.errors import ConfigError
+
+    try:
+        result = run_dataset(args.dataset, args, recipe)
+    except ConfigError as err:  # a --set the planner or TrainConfig refuses: say it in one line
+        raise SystemExit(f"bench/accuracy.py: {err}") from None
     print(_table(result))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -174,7 +174,12 @@ def trainer_options(args, **extra: Any) -> TrainerOptions:
     opts = TrainerOptions(threads=args.threads, device="cpu", seed=args.seed, **extra)
     for item in args.set:  # JSON values: 2e-3, true, {"depth": 4}
         key, _, value = item.partition("=")
-        setattr(opts, key, type(getattr(opts, key))(json.loads(value)))
+        if not hasattr(opts, key):
+            raise SystemExit(f"--set {item!r}: no trainer option {key!r} (TrainerOptions)")
+        try:
+            setattr(opts, key, type(getattr(opts, key))(json.loads(value)))
+        except (ValueError, TypeError):
+            raise SystemExit(f"--set {item!r}: the value must be JSON, e.g. 2e-3 or true") from None
     return opts
 
 

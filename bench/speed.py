@@ -212,11 +212,16 @@ class Spec:
 
 
 def shaped(shapes: list[str]) -> list[Spec]:
-    """``--unet-shapes BASE:DEPTH[:STEM] ...``: unet_same at those base widths, depths and
-    full-resolution (stem) widths."""
+    """``--unet-shapes BASE:DEPTH[:STEM] ...``: unet_same at those base widths, depths (4 when
+    left out) and full-resolution (stem) widths."""
     out = []
     for item in shapes:
-        numbers = [int(v) for v in item.split(":")]
+        try:
+            numbers = [int(v) for v in item.split(":")]
+        except ValueError:
+            numbers = []
+        if not 1 <= len(numbers) <= 3 or min(numbers) < 1:
+            raise SystemExit(f"--unet-shapes {item!r}: expected BASE[:DEPTH[:STEM]], e.g. 28:4:16")
         base, depth, stem = numbers[0], numbers[1] if len(numbers) > 1 else 4, numbers[2:]
         out.append(Spec("unet_same", 1.0, base=base, depth=depth, stem=stem[0] if stem else None))
     return out
@@ -651,7 +656,9 @@ def main(argv: list[str] | None = None) -> int:
         out.update(cuda_bench(args, say))
     elif args.amp_check:
         out["amp_check"] = amp_check(args.amp_epochs, args.amp_images, args.amp_modes, say)
-    if args.device == "cpu" and not args.train_only and (args.models or args.peers != "off"):
+    shaped(args.unet_shapes)  # a malformed shape stops here, before anything is timed
+    wanted = args.models or args.unet_shapes or args.peers != "off"
+    if args.device == "cpu" and not args.train_only and wanted:
         out.update(inference(args, threads, say))
     if args.device == "cpu" and (args.train or args.train_only):
         out.update(training(args, say))
