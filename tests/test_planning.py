@@ -280,3 +280,25 @@ def test_width_comes_before_resolution():
             c = Candidate("unet_same", WIDTH_FIRST, _depth(short), _crop(short, 4, "cpu"), 8)
             assert _estimate(fp, CPU, c, s, 300, 30, budget)["steps"] < MIN_STEPS
     assert any(w >= WIDTH_FIRST and s < 1.0 for w, s in seen)  # width bought with resolution
+
+
+def test_a_fingerprint_of_another_version_is_measured_again(tmp_path, monkeypatch):
+    import pixelwise.planning as planning
+    from pixelwise.training import TrainConfig
+
+    monkeypatch.setenv("PIXELWISE_CACHE", str(tmp_path / "cache"))
+    config = TrainConfig(data=str(_rods(tmp_path / "rods", turned=False)))
+    measured = []
+    real = planning.fingerprint
+
+    def counted(*args, **kwargs):
+        measured.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(planning, "fingerprint", counted)
+    first, _ = planning.dataset_fingerprint(config)
+    again, _ = planning.dataset_fingerprint(config)  # from the cache
+    assert len(measured) == 1 and again == first
+    monkeypatch.setattr(planning, "VERSION", planning.VERSION + 1)  # what a fingerprint measures
+    planning.dataset_fingerprint(config)
+    assert len(measured) == 2
