@@ -41,10 +41,10 @@ NAMES = ["bg", "left", "right"]
 COLORS = [[0, 0, 0], [200, 40, 40], [40, 40, 200]]
 
 
-def make_run(root, name, in_channels=3, seed=0):
+def make_run(root, name, in_channels=3, seed=0, **extra):
     """A run directory with random (not zero: FCN scores start at zero) weights, no training."""
     torch.manual_seed(seed)
-    kwargs = {**TINY.get(name, {}), "in_channels": in_channels}
+    kwargs = {**TINY.get(name, {}), "in_channels": in_channels, **extra}
     model = build(name, len(NAMES), **kwargs)
     with torch.no_grad():
         for p in model.parameters():
@@ -104,6 +104,24 @@ def test_onnx_export_matches_torch_on_new_sizes(name, tmp_path):
     with torch.no_grad():
         want = model(x).numpy()
     assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3 * float(np.ptp(want)))
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_filter_bank_model_exports_for_any_size(fmt, tmp_path):
+    """ilastik's fixed filter bank inside unet_same traces to a graph that takes any size
+    (its banded-matrix shortcut is not traced), and ONNX Runtime agrees with torch."""
+    run = make_run(tmp_path, "unet_same", in_channels=1, filter_bank=True)
+    out = tmp_path / f"fb.{'onnx' if fmt == 'onnx' else 'pt'}"
+    _check_report(export_run(run, out, fmt), out)
+    if fmt != "onnx":
+        return
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    model = Segmenter.from_run(run, device="cpu").model
+    x = torch.randn(1, 1, 100, 140, generator=torch.Generator().manual_seed(5))
+    got = session.run(["logits"], {"image": x.numpy()})[0]
+    with torch.no_grad():
+        want = model(x).numpy()
     np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3 * float(np.ptp(want)))
 
 

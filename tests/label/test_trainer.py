@@ -185,7 +185,8 @@ def test_crops_hold_labelled_pixels(tmp_path):
     try:
         trainer = Trainer(project, options=TrainerOptions(**FAST))
         project.apply("h0", [Stroke(1, 1.0, ((20.0, 10.0),))])
-        x, y, raw = trainer._batch()
+        x, y, raw, feats = trainer._batch()
+        assert feats is None  # no filter bank in this model
         assert x.shape == (2, 1, 32, 32) and y.shape == (2, 32, 32)
         assert ((y != ERASE).sum(dim=(1, 2)) > 0).all()
         assert raw.shape == (2, 1, 32, 32) and raw.dtype == torch.uint8  # for the CRF loss
@@ -203,7 +204,7 @@ def test_augmentations_keep_image_and_labels_aligned(tmp_path):
         image = project.image("h0", 1)
         mask = project.mask("h0")
         for _ in range(20):
-            out, labels = trainer._augment(image, mask)
+            out, labels, _ = trainer._augment(image, mask, None)
             # dark labelled pixels stay dark, bright ones bright, whatever the turn
             assert out[labels == 0].mean() < 128 < out[labels == 1].mean()
             assert (labels != ERASE).sum() == (mask != ERASE).sum()
@@ -226,5 +227,33 @@ def test_the_crf_loss_is_part_of_the_step_when_asked(tmp_path):
             trainer.train_for(0, clock=lambda: 0.0)
             losses.append(trainer.losses[-1])
         assert losses[1] > losses[0] > 0
+    finally:
+        project.close()
+
+
+def test_cached_filter_bank_features_match_the_crops(tmp_path):
+    """A filter-bank model's features are computed once per image and cropped with the image:
+    away from the crop's edge (the bank's halo) they equal the features of the crop itself,
+    also after flips and quarter turns; the published run rebuilds the same model."""
+    images = halves(tmp_path / "in", n=1, size=(200, 240))
+    project = Project.open(images, "dark,bright", tmp_path / "proj")
+    try:
+        args = {"depth": 2, "base_width": 4, "filter_bank": True}
+        opts = {**FAST, "model_args": args, "crop": 160, "rotate90": True}
+        trainer = Trainer(project, options=TrainerOptions(**opts))
+        label_halves(project)
+        bank = trainer.model.features
+        for _ in range(3):
+            x, y, raw, feats = trainer._batch()
+            assert feats is not None and feats.dtype == torch.float16
+            inner = (slice(None), slice(None), slice(60, 100), slice(60, 100))
+            expected = bank(x)[inner]
+            assert torch.allclose(feats[inner].float(), expected, atol=2e-2, rtol=1e-2)
+        trainer.train_for(0.0)
+        trainer.publish()
+        loaded = load_run(trainer.out, "best")
+        assert loaded.model.features is not None
+        with torch.no_grad():
+            assert loaded.model(x).shape == (2, 2, 160, 160)
     finally:
         project.close()

@@ -75,6 +75,9 @@ class TrainerOptions:
     score_seconds: float = 1.0  # after each checkpoint: time spent scoring unlabelled images
     score_pixels: int = 1_000_000  # larger images are scored shrunk to about this many pixels
     tile: int = 1024  # predictions of images over this side go tile by tile
+    #: a model with fixed input features (``unet_same(filter_bank=True)``) has them computed
+    #: once per labelled image and kept, up to this many MiB (float16), not once per crop
+    feature_cache_mb: int = 2048
     threads: int | None = None  # torch threads (None: torch's default)
     device: str = "auto"
     seed: int = 0
@@ -222,6 +225,7 @@ class Trainer:
         self.error: str | None = None
         self.state = "idle"
         self._data: dict[str, tuple[int, np.ndarray, np.ndarray]] = {}
+        self._features: OrderedDict[str, torch.Tensor] = OrderedDict()  # stem -> (F, H, W)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._config_images = -1
@@ -295,10 +299,19 @@ class Trainer:
         return steps
 
     def _step(
-        self, x: torch.Tensor, y: torch.Tensor, raw: torch.Tensor, weights: torch.Tensor
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        raw: torch.Tensor,
+        feats: torch.Tensor | None,
+        weights: torch.Tensor,
     ) -> None:
         self.model.train()
-        logits = forward_full(self.model, x.to(self.device))
+        x = x.to(self.device)
+        if feats is None:
+            logits = forward_full(self.model, x)
+        else:  # the cached fixed features of the crops (a filter-bank model: border 0)
+            logits = self.model(x, features=feats.to(self.device, torch.float32))
         loss = pixel_cross_entropy(logits, y.to(self.device), class_weights=weights.to(self.device))
         if self.options.crf_weight > 0:
             crf = crf_loss(logits, raw.to(self.device), sigma_color=self.options.crf_color)
@@ -337,14 +350,15 @@ class Trainer:
         self._data[stem] = (version, mask, index)
         return mask, index
 
-    def _batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-        """One batch of crops around labelled pixels: the network's input, the labels and the
-        crops' intensities (0-255, ``(B, C, H, W)``, for the CRF loss); None when nothing is
-        labelled."""
+    def _batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Any] | None:
+        """One batch of crops around labelled pixels: the network's input, the labels, the
+        crops' intensities (0-255, ``(B, C, H, W)``, for the CRF loss) and the crops of the
+        model's cached fixed features (None when it has none or some crop lacks them); None
+        when nothing is labelled."""
         from pixelwise.data.transforms import to_tensor
 
         stems = self.project.labelled_stems()
-        size, xs, ys, raws = self.options.crop, [], [], []
+        size, xs, ys, raws, fs = self.options.crop, [], [], [], []
         tries = 0
         while len(xs) < self.options.batch_size and stems and tries < 4 * self.options.batch_size:
             tries += 1
@@ -357,29 +371,62 @@ class Trainer:
             except LabelError:  # gone or corrupt since: skip it
                 continue
             mask, index = found
-            image, crop_mask = _crop_around(image, mask, index, size, self.rng)
-            image, crop_mask = self._augment(image, crop_mask)
+            feats = self._feature_map(stem, image)
+            (top, left), image, crop_mask = _crop_around(image, mask, index, size, self.rng)
+            if feats is not None and feats.shape[-2:] == mask.shape:  # not padded
+                feats = feats[:, top : top + size, left : left + size]
+            else:
+                feats = None
+            image, crop_mask, feats = self._augment(image, crop_mask, feats)
             image = np.ascontiguousarray(image)
             xs.append(to_tensor(image, self.mean, self.std))
             ys.append(torch.from_numpy(crop_mask.astype(np.int64)))
             raws.append(torch.from_numpy(image.reshape(size, size, -1)).permute(2, 0, 1))
+            fs.append(feats)
         if not xs:
             return None
-        return torch.stack(xs), torch.stack(ys), torch.stack(raws)
+        feats = None if any(f is None for f in fs) else torch.stack(fs)
+        return torch.stack(xs), torch.stack(ys), torch.stack(raws), feats
 
-    def _augment(self, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _feature_map(self, stem: str, image: np.ndarray) -> torch.Tensor | None:
+        """The model's fixed input features of the whole image ``stem`` (``(F, H, W)`` float16,
+        kept in a least-recently-used cache of ``feature_cache_mb``); None when the model has
+        none, when ``jitter`` changes the image, or when the image alone would take over a
+        quarter of the cache."""
+        from pixelwise.data.transforms import to_tensor
+
+        bank, opts = self.model.features, self.options
+        if bank is None or opts.jitter > 0:
+            return None
+        if stem in self._features:
+            self._features.move_to_end(stem)
+            return self._features[stem]
+        budget = opts.feature_cache_mb * 2**20
+        if 2 * bank.out_channels * image.shape[0] * image.shape[1] > budget / 4:
+            return None
+        x = to_tensor(np.ascontiguousarray(image), self.mean, self.std)[None].to(self.device)
+        self._features[stem] = bank.in_strips(x)[0].to("cpu", torch.float16)
+        while sum(f.numel() * 2 for f in self._features.values()) > budget:
+            self._features.popitem(last=False)
+        return self._features.get(stem)
+
+    def _augment(self, image: np.ndarray, mask: np.ndarray, feats: torch.Tensor | None):
+        """Flips, quarter turns and jitter of a crop; ``feats (F, H, W)`` (the fixed features
+        are flip- and rotation-invariant per pixel) move with the image."""
         opts, rng = self.options, self.rng
         if opts.hflip and rng.random() < 0.5:
             image, mask = image[:, ::-1], mask[:, ::-1]
+            feats = None if feats is None else feats.flip(-1)
         if opts.rotate90:
             k = int(rng.integers(4))
             image, mask = np.rot90(image, k), np.rot90(mask, k)
+            feats = None if feats is None else torch.rot90(feats, k, (1, 2))
         if opts.jitter > 0:
             gain = 1 + rng.uniform(-opts.jitter, opts.jitter)
             shift = 255 * rng.uniform(-opts.jitter, opts.jitter)
             mean = image.mean()
             image = np.clip((image - mean) * gain + mean + shift, 0, 255).astype(np.uint8)
-        return image, mask
+        return image, mask, feats
 
     # -- publishing ----------------------------------------------------------------------------
 
@@ -481,9 +528,10 @@ class Trainer:
 
 def _crop_around(
     image: np.ndarray, mask: np.ndarray, index: np.ndarray, size: int, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """A ``size x size`` crop of ``image``/``mask`` holding a random labelled pixel at a random
-    place (images smaller than ``size`` are padded: edge pixels, mask 255)."""
+) -> tuple[tuple[int, int], np.ndarray, np.ndarray]:
+    """``((top, left), image crop, mask crop)``: a ``size x size`` crop of ``image``/``mask``
+    holding a random labelled pixel at a random place (images smaller than ``size`` are padded:
+    edge pixels, mask 255)."""
     h, w = mask.shape
     width = w  # the labelled pixels' flat indices are over the unpadded mask
     if h < size or w < size:
@@ -494,7 +542,8 @@ def _crop_around(
     y, x = divmod(int(index[int(rng.integers(len(index)))]), width)
     top = int(np.clip(y - rng.integers(size), 0, h - size))
     left = int(np.clip(x - rng.integers(size), 0, w - size))
-    return image[top : top + size, left : left + size], mask[top : top + size, left : left + size]
+    window = (slice(top, top + size), slice(left, left + size))
+    return (top, left), image[window], mask[window]
 
 
 def _initial_model(project: Project, run, out: Path, opts: TrainerOptions):

@@ -36,6 +36,10 @@ class SegmentationModel(nn.Module):
     - ``pad`` / ``pad_after``: mirror padding ``(top, left)`` / ``(bottom, right)`` the model
       applies to its own input (the convolutionalized FCN; ``(0, 0)`` for the others). A traced
       graph (ONNX, TorchScript) does it in one reflection, which needs inputs larger than it.
+    - ``features``: a fixed (not learned) module that the model applies to its input and feeds
+      beside it (``unet_same(filter_bank=True)``: ilastik's filter bank), or None. Its output
+      depends on the image alone, so a trainer may compute it once per image and pass crops of
+      it as ``forward(x, features=...)``; models with ``features`` None take ``forward(x)``.
     - :meth:`output_size`: the logits' ``(h, w)`` for an ``H x W`` input; ``ConfigError`` for
       inputs the model cannot take (too small).
     - :meth:`valid_input_size`: for wanted logits ``(h, w)``, the smallest input the model takes
@@ -50,12 +54,14 @@ class SegmentationModel(nn.Module):
     tile_grid: int = 32
     pad: tuple[int, int] = (0, 0)
     pad_after: tuple[int, int] = (0, 0)
+    features: nn.Module | None  # set in __init__ (a class default would hide a submodule)
 
     def __init__(self, num_classes: int, in_channels: int = 3, border: int = 0) -> None:
         super().__init__()
         self.num_classes = int(num_classes)
         self.in_channels = int(in_channels)
         self.border = int(border)
+        self.features = None
 
     def output_size(self, h: int, w: int) -> tuple[int, int]:
         """Logits ``(h', w')`` for an ``h x w`` input: ``(h - 2 * border, w - 2 * border)`` by

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from pixelwise.errors import ConfigError
 from pixelwise.models import register
 from pixelwise.models.base import SegmentationModel
+from pixelwise.models.filterbank import FilterBank
 from pixelwise.models.layers import check_args, conv_bn_relu, crop, init_he, scaled
 
 
@@ -50,6 +51,11 @@ class UNet(SegmentationModel):
     two convs there and the two after the last concatenation run on the largest maps with the
     fewest channels, where a convolution is closest to memory-bound (docs/performance.md); a
     narrower stem moves the model's time to the wide, small levels.
+
+    ``filter_bank``: the first convolution also sees ilastik's pixel features of the input
+    (:class:`~pixelwise.models.filterbank.FilterBank`: 48 fixed Gaussian-derivative features per
+    channel at scales 0.7-10 px), which lets the network learn from a few clicks what a random
+    forest on those features learns (the labeling page's live model).
     """
 
     def __init__(
@@ -63,6 +69,7 @@ class UNet(SegmentationModel):
         batch_norm: bool = False,
         dropout: float = 0.0,
         stem_width: int | None = None,
+        filter_bank: bool = False,
     ) -> None:
         if padding not in ("valid", "same"):
             raise ConfigError(f"U-Net padding must be 'valid' or 'same', got {padding!r}")
@@ -75,8 +82,10 @@ class UNet(SegmentationModel):
         chans = [scaled(base_width * 2**level, width) for level in range(depth + 1)]
         if stem_width is not None:  # the full-resolution level only (SMP's decoder ends at 16)
             chans[0] = scaled(stem_width, width)
+        # ilastik's fixed features beside the image (padding "same" only: they need borders)
+        self.features = FilterBank(in_channels) if filter_bank else None
         self.encoder = nn.ModuleList()
-        previous = in_channels
+        previous = in_channels + (self.features.out_channels if self.features else 0)
         for level in range(depth):
             self.encoder.append(double_conv(previous, chans[level], pad, batch_norm))
             previous = chans[level]
@@ -96,9 +105,13 @@ class UNet(SegmentationModel):
         self.skip_offsets = _skip_offsets(depth) if padding == "valid" else [0] * depth
         init_he(self, mode="fan_in")
 
-    def forward(self, x: Tensor) -> Tensor:
-        """``(N, in_channels, H, W) -> (N, num_classes, *output_size(H, W))`` logits."""
+    def forward(self, x: Tensor, features: Tensor | None = None) -> Tensor:
+        """``(N, in_channels, H, W) -> (N, num_classes, *output_size(H, W))`` logits.
+        ``features``: ``self.features(x)`` computed beforehand (a trainer caches them per
+        image), when the model has a filter bank."""
         self.output_size(*x.shape[-2:])  # raises ConfigError for too-small inputs
+        if self.features is not None:
+            x = torch.cat([x, self.features(x) if features is None else features], dim=1)
         skips = []
         for level, block in enumerate(self.encoder):
             x = block(x)
@@ -227,8 +240,12 @@ def unet_same(
     batch_norm: bool = True,
     dropout: float = 0.0,
     stem_width: int | None = None,
+    filter_bank: bool = False,
 ) -> UNet:
-    """U-Net with padded convs and BatchNorm: logits exactly the input's size."""
+    """U-Net with padded convs and BatchNorm: logits exactly the input's size.
+
+    ``filter_bank=True``: ilastik's fixed pixel features (48 per input channel) beside the image
+    at the input, for learning from a few clicks (the labeling page's default)."""
     return _build("unet_same", "same", **locals())
 
 
