@@ -36,9 +36,12 @@ def smooth_noise(shape, seed=0):
     return 3 * ndimage.gaussian_filter(rng.normal(size=shape), 1.5)
 
 
-@pytest.mark.parametrize("matmul_max", [512, 0])  # banded matrices for long kernels, or convs
-def test_features_are_scipys(matmul_max, monkeypatch):
-    monkeypatch.setattr(filterbank, "MATMUL_MAX", matmul_max)
+@pytest.mark.parametrize("traced", [False, True])  # banded products, or the traced convs
+@pytest.mark.parametrize("blocks", [(32, 64), (128, 128)])  # ragged last windows, or one
+def test_features_are_scipys(traced, blocks, monkeypatch):
+    monkeypatch.setattr(filterbank.torch.jit, "is_tracing", lambda: traced)
+    monkeypatch.setattr(filterbank, "BLOCK_SHORT", blocks[0])
+    monkeypatch.setattr(filterbank, "BLOCK_LONG", blocks[1])
     img = smooth_noise((70, 90))
     got = FilterBank(1)(torch.from_numpy(img).float()[None, None])[0].numpy()
     want = scipy_features(img)
