@@ -257,3 +257,26 @@ def test_cached_filter_bank_features_match_the_crops(tmp_path):
             assert loaded.model(x).shape == (2, 2, 160, 160)
     finally:
         project.close()
+
+
+def test_filter_bank_model_trains_on_images_smaller_than_the_crop(tmp_path):
+    """A padded crop has no cached features; the model computes them on the crop itself."""
+    images = halves(tmp_path / "in", n=1, size=(200, 240))
+    small = halves(tmp_path / "small", n=1, size=(100, 170))
+    (small / "h0.png").rename(images / "s0.png")
+    project = Project.open(images, "dark,bright", tmp_path / "proj")
+    try:
+        args = {"depth": 2, "base_width": 4, "filter_bank": True}
+        opts = {**FAST, "model_args": args, "crop": 160}
+        trainer = Trainer(project, options=TrainerOptions(**opts))
+        label_halves(project, "h0")
+        label_halves(project, "s0")
+        seen = set()
+        for _ in range(8):
+            x, y, _, feats = trainer._batch()
+            assert x.shape == (2, 1, 160, 160) and y.shape == (2, 160, 160)
+            seen.add(feats is None)
+        assert True in seen  # some batch held the small image
+        assert trainer.train_for(0.0) == 1
+    finally:
+        project.close()

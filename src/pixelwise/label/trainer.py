@@ -373,7 +373,7 @@ class Trainer:
             mask, index = found
             feats = self._feature_map(stem, image)
             (top, left), image, crop_mask = _crop_around(image, mask, index, size, self.rng)
-            if feats is not None and feats.shape[-2:] == mask.shape:  # not padded
+            if feats is not None and min(mask.shape) >= size:  # a crop, not padded
                 feats = feats[:, top : top + size, left : left + size]
             else:
                 feats = None
