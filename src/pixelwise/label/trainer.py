@@ -56,7 +56,9 @@ class TrainerOptions:
     the bottom), about 0.13 s per step of 4 crops of 128 pixels on one core."""
 
     model: str = "unet_same"
-    model_args: dict[str, Any] = field(default_factory=lambda: {"depth": 3, "base_width": 8})
+    model_args: dict[str, Any] = field(
+        default_factory=lambda: {"depth": 3, "base_width": 8, "filter_bank": True}
+    )
     width: float = 1.0
     lr: float = 2e-3
     weight_decay: float = 1e-4
@@ -373,10 +375,8 @@ class Trainer:
             mask, index = found
             feats = self._feature_map(stem, image)
             (top, left), image, crop_mask = _crop_around(image, mask, index, size, self.rng)
-            if feats is not None and min(mask.shape) >= size:  # a crop, not padded
+            if feats is not None:  # of the image padded as _crop_around pads it
                 feats = feats[:, top : top + size, left : left + size]
-            else:
-                feats = None
             image, crop_mask, feats = self._augment(image, crop_mask, feats)
             image = np.ascontiguousarray(image)
             xs.append(to_tensor(image, self.mean, self.std))
@@ -392,7 +392,8 @@ class Trainer:
         """The model's fixed input features of the whole image ``stem`` (``(F, H, W)`` float16,
         kept in a least-recently-used cache of ``feature_cache_mb``); None when the model has
         none, when ``jitter`` changes the image, or when the image alone would take over a
-        quarter of the cache."""
+        quarter of the cache. An image smaller than the crop is padded first as
+        :func:`_crop_around` pads it (edge pixels, which is also the bank's own border)."""
         from pixelwise.data.transforms import to_tensor
 
         bank, opts = self.model.features, self.options
@@ -404,6 +405,9 @@ class Trainer:
         budget = opts.feature_cache_mb * 2**20
         if 2 * bank.out_channels * image.shape[0] * image.shape[1] > budget / 4:
             return None
+        h, w, size = image.shape[0], image.shape[1], opts.crop
+        if h < size or w < size:
+            image = np.pad(image, ((0, max(0, size - h)), (0, max(0, size - w)), (0, 0)), "edge")
         x = to_tensor(np.ascontiguousarray(image), self.mean, self.std)[None].to(self.device)
         self._features[stem] = bank.in_strips(x)[0].to("cpu", torch.float16)
         while sum(f.numel() * 2 for f in self._features.values()) > budget:
