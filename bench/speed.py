@@ -67,7 +67,6 @@ import statistics
 import sys
 import tempfile
 import time
-import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,7 +79,6 @@ from pixelwise.engines import OnnxRuntimeEngine, TorchEngine, make_engine
 from pixelwise.export_formats import quantize_onnx
 from pixelwise.losses import pixel_cross_entropy
 from pixelwise.models import build
-from pixelwise.models.layers import UpConv2x2
 from pixelwise.predict import forward_full
 
 CLASSES = 21
@@ -195,14 +193,12 @@ class Spec:
     base: int | None = None  # unet_same's base_width, depth, stem_width (--unet-shapes)
     depth: int | None = None
     stem: int | None = None
-    transposed: bool = False  # up-convolutions as ConvTranspose2d (before UpConv2x2)
 
     @property
     def label(self) -> str:
         if self.base is not None:
             stem = f" s{self.stem}" if self.stem is not None else ""
-            up = " convT" if self.transposed else ""
-            return f"{self.name} b{self.base} d{self.depth}{stem}{up}"
+            return f"{self.name} b{self.base} d{self.depth}{stem}"
         return self.name if self.width is None else f"{self.name} w{self.width:g}"
 
     def build(self) -> nn.Module:
@@ -212,18 +208,12 @@ class Spec:
         shape = {} if self.base is None else {"base_width": self.base, "depth": self.depth}
         if self.stem is not None:
             shape["stem_width"] = self.stem
-        model = build(self.name, CLASSES, width=self.width, **shape).eval()
-        if self.transposed:  # the same weights through ConvTranspose2d's own kernel
-            for m in model.modules():
-                if isinstance(m, UpConv2x2):
-                    m.forward = types.MethodType(nn.ConvTranspose2d.forward, m)
-        return model
+        return build(self.name, CLASSES, width=self.width, **shape).eval()
 
 
-def shaped(shapes: list[str], transposed: bool = False) -> list[Spec]:
+def shaped(shapes: list[str]) -> list[Spec]:
     """``--unet-shapes BASE:DEPTH[:STEM] ...``: unet_same at those base widths, depths (4 when
-    left out) and full-resolution (stem) widths; ``transposed``: each also with its
-    up-convolutions run as ``ConvTranspose2d`` (``--upconv-transposed``)."""
+    left out) and full-resolution (stem) widths."""
     out = []
     for item in shapes:
         try:
@@ -233,10 +223,7 @@ def shaped(shapes: list[str], transposed: bool = False) -> list[Spec]:
         if not 1 <= len(numbers) <= 3 or min(numbers) < 1:
             raise SystemExit(f"--unet-shapes {item!r}: expected BASE[:DEPTH[:STEM]], e.g. 28:4:16")
         base, depth, stem = numbers[0], numbers[1] if len(numbers) > 1 else 4, numbers[2:]
-        kw = {"base": base, "depth": depth, "stem": stem[0] if stem else None}
-        out.append(Spec("unet_same", 1.0, **kw))
-        if transposed:
-            out.append(Spec("unet_same", 1.0, transposed=True, **kw))
+        out.append(Spec("unet_same", 1.0, base=base, depth=depth, stem=stem[0] if stem else None))
     return out
 
 
@@ -601,12 +588,6 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="also unet_same at these base widths, depths and stem widths, e.g. 24:5 or 28:4:16 "
         "(MACs moved to low resolution)",
     )
-    p.add_argument(
-        "--upconv-transposed",
-        action="store_true",
-        help="time each --unet-shapes row also with ConvTranspose2d up-convolutions (the "
-        "same weights; the model uses a 1x1 conv + pixel shuffle, UpConv2x2)",
-    )
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int)
@@ -703,8 +684,7 @@ def inference(args: argparse.Namespace, threads: int, say: Callable) -> dict[str
         raise SystemExit(
             f"--peers on: cannot import {', '.join(missing)}; pip install 'pixelwise[bench]'"
         )
-    specs = [Spec(m, w) for m in args.models for w in args.widths]
-    specs += shaped(args.unet_shapes, args.upconv_transposed)
+    specs = [Spec(m, w) for m in args.models for w in args.widths] + shaped(args.unet_shapes)
     if use_peers:
         specs += [Spec(p) for p in args.peer_models]
     if use_peers and args.match_smp and "smp_unet_resnet34" in args.peer_models:
@@ -816,8 +796,7 @@ def _no_grad_full(model: nn.Module, x: Tensor) -> Tensor:
 def training(args: argparse.Namespace, say: Callable) -> dict[str, Any]:
     models = args.train_models or args.models
     widths = args.train_widths or args.widths
-    specs = [Spec(m, w) for m in models for w in widths]
-    specs += shaped(args.unet_shapes, args.upconv_transposed)
+    specs = [Spec(m, w) for m in models for w in widths] + shaped(args.unet_shapes)
     if args.train_peers and all(peers_available().values()):
         specs += [Spec(p) for p in args.peer_models]
     entries: list[Entry] = [Entry({"precision": "matmul"}, matmul_call())]

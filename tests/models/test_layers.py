@@ -5,7 +5,6 @@ from torch import nn
 
 from pixelwise.models.layers import (
     BilinearUpsample,
-    UpConv2x2,
     bilinear_kernel,
     center_crop,
     crop,
@@ -108,18 +107,3 @@ def test_crop_and_center_crop():
 def test_scaled():
     assert [scaled(64, w) for w in (1.0, 0.25, 0.01)] == [64, 16, 1]
     assert scaled(4096, 1 / 16) == 256
-
-
-def test_upconv2x2_is_the_transposed_convolution():
-    """U-Net's up-convolution as 1x1 conv + pixel shuffle: same parameters, same function."""
-    torch.manual_seed(0)
-    up = UpConv2x2(6, 4)
-    ref = nn.ConvTranspose2d(6, 4, 2, stride=2)
-    ref.load_state_dict(up.state_dict())  # the same names and shapes
-    x = torch.randn(2, 6, 5, 7, requires_grad=True)
-    out = up(x)
-    assert out.shape == (2, 4, 10, 14)
-    torch.testing.assert_close(out, ref(x), rtol=1e-5, atol=1e-6)
-    (g,) = torch.autograd.grad(out.square().sum(), x)
-    (want,) = torch.autograd.grad(ref(x).square().sum(), x)
-    torch.testing.assert_close(g, want, rtol=1e-4, atol=1e-5)

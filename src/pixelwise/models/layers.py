@@ -96,28 +96,6 @@ class BilinearUpsample(nn.ConvTranspose2d):
                 self.bias.zero_()
 
 
-class UpConv2x2(nn.ConvTranspose2d):
-    """U-Net's "2x2 up-convolution": ``ConvTranspose2d(in, out, 2, stride=2)``, the same
-    parameters and the same function, computed as a 1x1 convolution to ``4 * out`` channels and
-    a pixel shuffle. ``(N, in, H, W) -> (N, out, 2H, 2W)``.
-
-    Output pixel ``(2i + a, 2j + b)`` is ``sum_c W[c, o, a, b] x[c, i, j] + bias[o]``, which is
-    channel ``4 o + 2 a + b`` of the 1x1 convolution with the weight permuted. A 1x1
-    convolution is a matrix product, and ``pixel_shuffle`` (ONNX ``DepthToSpace``) a copy: on a
-    CPU this runs faster than the transposed convolution in torch and ONNX Runtime, and ONNX
-    Runtime quantizes it to int8, which it does not do for ``ConvTranspose``.
-    """
-
-    def __init__(self, in_channels: int, out_channels: int) -> None:
-        super().__init__(in_channels, out_channels, 2, stride=2)
-
-    def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
-        cin, cout = self.weight.shape[:2]
-        weight = self.weight.permute(1, 2, 3, 0).reshape(4 * cout, cin, 1, 1)
-        bias = None if self.bias is None else self.bias.repeat_interleave(4)
-        return F.pixel_shuffle(F.conv2d(x, weight, bias), 2)
-
-
 def crop(x: Tensor, top: int, left: int, height: int, width: int) -> Tensor:
     """``x[..., top:top + height, left:left + width]``; raises ``ValueError`` if out of bounds.
 

@@ -17,7 +17,7 @@ from pixelwise.errors import ConfigError
 from pixelwise.models import register
 from pixelwise.models.base import SegmentationModel
 from pixelwise.models.filterbank import FilterBank
-from pixelwise.models.layers import UpConv2x2, check_args, conv_bn_relu, crop, init_he, scaled
+from pixelwise.models.layers import check_args, conv_bn_relu, crop, init_he, scaled
 
 
 def double_conv(
@@ -95,7 +95,9 @@ class UNet(SegmentationModel):
         # the deepest encoder level's output and the bottom block's output).
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         levels = list(reversed(range(depth)))  # decoder order: deepest first
-        self.up = nn.ModuleList(UpConv2x2(chans[lv + 1], chans[lv]) for lv in levels)
+        self.up = nn.ModuleList(
+            nn.ConvTranspose2d(chans[lv + 1], chans[lv], 2, stride=2) for lv in levels
+        )
         self.decoder = nn.ModuleList(
             double_conv(2 * chans[lv], chans[lv], pad, batch_norm) for lv in levels
         )
