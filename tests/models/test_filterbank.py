@@ -60,6 +60,9 @@ def test_channels_are_banked_separately_and_strips_are_exact():
     torch.testing.assert_close(full[:, 48:], alone, rtol=0, atol=1e-5)
     assert bank.halo == 60  # scale 10: a 40-px derivative, then a 20-px outer smoothing
     torch.testing.assert_close(bank.in_strips(x, rows=32), full, rtol=0, atol=1e-5)
+    tall = torch.from_numpy(smooth_noise((2 * filterbank.STRIP_ROWS + 30, 24))).float()[None, None]
+    whole = FilterBank(1)._features(tall)  # forward goes strip by strip above 2 strips' rows
+    torch.testing.assert_close(FilterBank(1)(tall), whole, rtol=0, atol=1e-5)
 
 
 def test_flips_and_quarter_turns_commute_with_the_bank():

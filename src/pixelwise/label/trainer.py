@@ -412,7 +412,8 @@ class Trainer:
         if h < size or w < size:
             image = np.pad(image, ((0, max(0, size - h)), (0, max(0, size - w)), (0, 0)), "edge")
         x = to_tensor(np.ascontiguousarray(image), self.mean, self.std)[None].to(self.device)
-        self._features[stem] = bank.in_strips(x)[0].to("cpu", torch.float16)
+        with torch.no_grad():  # tall images go strip by strip (FilterBank.forward)
+            self._features[stem] = bank(x)[0].to("cpu", torch.float16)
         while sum(f.numel() * 2 for f in self._features.values()) > budget:
             self._features.popitem(last=False)
         return self._features.get(stem)

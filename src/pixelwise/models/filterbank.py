@@ -30,6 +30,7 @@ PER_SCALE = 8  # features per channel and scale
 DOG_RATIO = 0.66  # the inner Gaussian of the difference of Gaussians
 OUTER = 0.5  # the structure tensor's outer scale, relative to s
 BLOCK_SHORT, BLOCK_LONG = 32, 64  # _along: outputs per window of the banded products
+STRIP_ROWS = 256  # forward: taller inputs go strip by strip (the same values, less memory)
 
 
 def gaussian_kernel1d(sigma: float, order: int = 0) -> Tensor:
@@ -133,19 +134,24 @@ class FilterBank(nn.Module):
         structure tensor's outer smoothing): strips computed with this margin are exact."""
         return max(int(4 * s + 0.5) + int(4 * OUTER * s + 0.5) for s in self.scales)
 
-    @torch.no_grad()
     def in_strips(self, x: Tensor, rows: int = 256) -> Tensor:
         """``forward(x)`` computed ``rows`` image rows at a time (with :attr:`halo` rows of
-        context), to the same values with a fraction of the memory: for whole large images."""
-        h = x.shape[-2]
-        out = []
+        context) into one preallocated output: the same values, and of the intermediate maps
+        only one strip's at a time. ``forward`` uses it for inputs over ``2 * rows`` rows."""
+        n, c, h, w = x.shape
+        out = x.new_empty(n, self.out_channels, h, w)
         for top in range(0, h, rows):
             lo, hi = max(0, top - self.halo), min(h, top + rows + self.halo)
-            strip = self(x[..., lo:hi, :])
-            out.append(strip[..., top - lo : top - lo + min(rows, h - top), :])
-        return torch.cat(out, dim=-2)
+            strip = self._features(x[..., lo:hi, :])
+            out[..., top : top + rows, :] = strip[..., top - lo : top - lo + min(rows, h - top), :]
+        return out
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.shape[-2] > 2 * STRIP_ROWS and not torch.jit.is_tracing():
+            return self.in_strips(x, STRIP_ROWS)
+        return self._features(x)
+
+    def _features(self, x: Tensor) -> Tensor:
         n, c, h, w = x.shape
         planes = x.reshape(n * c, 1, h, w)
         feats = [self._scale(planes, i, s) for i, s in enumerate(self.scales)]
