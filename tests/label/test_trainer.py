@@ -282,3 +282,25 @@ def test_filter_bank_model_trains_on_images_smaller_than_the_crop(tmp_path):
         assert trainer.train_for(0.0) == 1
     finally:
         project.close()
+
+
+def test_features_past_the_cache_budget_are_computed_per_crop(tmp_path):
+    """The cache keeps what fits and evicts nothing: the image past the budget trains on
+    features the model computes on each crop (no whole-image recomputation per step)."""
+    images = halves(tmp_path / "in", n=2, size=(200, 240))  # 48 x 200 x 240 x 2 B = 4.4 MiB
+    project = Project.open(images, "dark,bright", tmp_path / "proj")
+    try:
+        args = {"depth": 2, "base_width": 4, "filter_bank": True}
+        opts = {**FAST, "model_args": args, "crop": 160, "feature_cache_mb": 6}
+        trainer = Trainer(project, options=TrainerOptions(**opts))
+        label_halves(project, "h0")
+        label_halves(project, "h1")
+        kinds = set()
+        for _ in range(6):
+            x, _, _, feats = trainer._batch()
+            kinds.add(feats is None)
+        assert list(trainer._features) in (["h0"], ["h1"])  # one fits, the other never enters
+        assert True in kinds  # batches holding the other image
+        assert trainer.train_for(0.0) == 1
+    finally:
+        project.close()

@@ -81,7 +81,7 @@ class TrainerOptions:
     score_pixels: int = 1_000_000  # larger images are scored shrunk to about this many pixels
     tile: int = 1024  # predictions of images over this side go tile by tile
     #: a model with fixed input features (``unet_same(filter_bank=True)``) has them computed
-    #: once per labelled image and kept, up to this many MiB (float16), not once per crop
+    #: once per labelled image and kept, up to this many MiB (float16); beyond, per crop
     feature_cache_mb: int = 2048
     threads: int | None = None  # torch threads (None: torch's default)
     device: str = "auto"
@@ -230,7 +230,7 @@ class Trainer:
         self.error: str | None = None
         self.state = "idle"
         self._data: dict[str, tuple[int, np.ndarray, np.ndarray]] = {}
-        self._features: OrderedDict[str, torch.Tensor] = OrderedDict()  # stem -> (F, H, W)
+        self._features: dict[str, torch.Tensor] = {}  # stem -> (F, H, W), see _feature_map
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._config_images = -1
@@ -355,7 +355,9 @@ class Trainer:
         self._data[stem] = (version, mask, index)
         return mask, index
 
-    def _batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Any] | None:
+    def _batch(
+        self,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None] | None:
         """One batch of crops around labelled pixels: the network's input, the labels, the
         crops' intensities (0-255, ``(B, C, H, W)``, for the CRF loss) and the crops of the
         model's cached fixed features (None when it has none or some crop lacks them); None
@@ -392,31 +394,33 @@ class Trainer:
         return torch.stack(xs), torch.stack(ys), torch.stack(raws), feats
 
     def _feature_map(self, stem: str, image: np.ndarray) -> torch.Tensor | None:
-        """The model's fixed input features of the whole image ``stem`` (``(F, H, W)`` float16,
-        kept in a least-recently-used cache of ``feature_cache_mb``); None when the model has
-        none, when ``jitter`` changes the image, or when the image alone would take over a
-        quarter of the cache. An image smaller than the crop is padded first as
-        :func:`_crop_around` pads it (edge pixels, which is also the bank's own border)."""
+        """The model's fixed input features of the whole image ``stem`` (``(F, H, W)``
+        float16), computed once and kept while they fit in ``feature_cache_mb`` with those
+        already kept; None when the model has none, when ``jitter`` changes the image, or when
+        they do not fit (the model then computes them on each crop: nothing is evicted, so a
+        project larger than the cache never recomputes whole images over and over). An image
+        smaller than the crop is padded first as :func:`_crop_around` pads it (edge pixels,
+        which is also the bank's own border)."""
         from pixelwise.data.transforms import to_tensor
 
         bank, opts = self.model.features, self.options
         if bank is None or opts.jitter > 0:
             return None
         if stem in self._features:
-            self._features.move_to_end(stem)
             return self._features[stem]
-        budget = opts.feature_cache_mb * 2**20
-        if 2 * bank.out_channels * image.shape[0] * image.shape[1] > budget / 4:
-            return None
         h, w, size = image.shape[0], image.shape[1], opts.crop
+        kept = sum(f.numel() * 2 for f in self._features.values())
+        if (
+            kept + 2 * bank.out_channels * max(h, size) * max(w, size)
+            > opts.feature_cache_mb * 2**20
+        ):
+            return None
         if h < size or w < size:
             image = np.pad(image, ((0, max(0, size - h)), (0, max(0, size - w)), (0, 0)), "edge")
         x = to_tensor(np.ascontiguousarray(image), self.mean, self.std)[None].to(self.device)
         with torch.no_grad():  # tall images go strip by strip (FilterBank.forward)
             self._features[stem] = bank(x)[0].to("cpu", torch.float16)
-        while sum(f.numel() * 2 for f in self._features.values()) > budget:
-            self._features.popitem(last=False)
-        return self._features.get(stem)
+        return self._features[stem]
 
     def _augment(self, image: np.ndarray, mask: np.ndarray, feats: torch.Tensor | None):
         """Flips, quarter turns and jitter of a crop; ``feats (F, H, W)`` (the fixed features
