@@ -304,3 +304,21 @@ def test_features_past_the_cache_budget_are_computed_per_crop(tmp_path):
         assert trainer.train_for(0.0) == 1
     finally:
         project.close()
+
+
+@pytest.mark.parametrize("power", [0.0, 0.5, 1.0])
+def test_class_weights_follow_the_balance_power(power, tmp_path):
+    """Weights ~ 1 / n ** balance over the labelled classes (mean 1); 0 turns them off."""
+    images = halves(tmp_path / "in", n=1)
+    project = Project.open(images, "dark,bright", tmp_path / "proj")
+    try:
+        trainer = Trainer(project, options=TrainerOptions(**{**FAST, "balance": power}))
+        project.apply("h0", [Stroke(0, 3.0, ((6.0, 4.0), (6.0, 28.0)))])  # many dark pixels
+        project.apply("h0", [Stroke(1, 1.0, ((40.0, 10.0), (40.0, 12.0)))])  # few bright
+        n = project.class_counts().astype(float)
+        w = trainer._class_weights().numpy()
+        assert n[0] > 5 * n[1] > 0
+        assert w.mean() == pytest.approx(1.0)
+        assert w[1] / w[0] == pytest.approx((n[0] / n[1]) ** power, rel=1e-5)
+    finally:
+        project.close()

@@ -70,7 +70,7 @@ class TrainerOptions:
     hflip: bool = True
     rotate90: bool = False  # also vertical flips and quarter turns (orientation-free images)
     jitter: float = 0.0  # random contrast x(1 +- jitter) and brightness +-jitter (of 255)
-    balance: bool = True  # weigh classes by 1 / sqrt(their labelled pixels)
+    balance: float = 0.5  # weigh classes by 1 / (their labelled pixels) ** balance; 0: off
     #: weight of the CRF loss on every pixel of a crop (``losses.crf_loss``: neighbours of
     #: similar colour take one label), which carries clicks to the image's edges; 0: off
     crf_weight: float = 0.0
@@ -335,7 +335,7 @@ class Trainer:
             return torch.ones(len(counts), dtype=torch.float32)
         present = counts > 0
         w = np.zeros_like(counts)
-        w[present] = 1.0 / np.sqrt(counts[present])
+        w[present] = counts[present] ** -float(self.options.balance)
         if present.any():
             w[present] /= w[present].mean()
         w[~present] = 1.0
