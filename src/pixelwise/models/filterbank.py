@@ -15,8 +15,9 @@ that every feature of a unit-variance image is of order 1):
     (s and 0.66 s), structure-tensor eigenvalues (inner scale s, outer 0.5 s; larger first),
     Hessian-of-Gaussian eigenvalues (larger first).
 
-The kernels are scipy.ndimage's (``gaussian_filter`` with ``order``), so with ``mode="nearest"``
-scipy gives the unnormalised features to float precision (tests/models/test_filterbank.py).
+The kernels are scipy.ndimage's (``gaussian_filter`` with ``order``): scipy with
+``mode="nearest"``, scale-normalised the same way, gives the same features to float precision
+(tests/models/test_filterbank.py).
 """
 
 from __future__ import annotations
