@@ -312,8 +312,7 @@ def test_class_weights_follow_the_balance_power(power, tmp_path):
     images = halves(tmp_path / "in", n=1)
     project = Project.open(images, "dark,bright", tmp_path / "proj")
     try:
-        opts = {**FAST, "balance": power, "balance_sparse": power}
-        trainer = Trainer(project, options=TrainerOptions(**opts))
+        trainer = Trainer(project, options=TrainerOptions(**{**FAST, "balance": power}))
         project.apply("h0", [Stroke(0, 3.0, ((6.0, 4.0), (6.0, 28.0)))])  # many dark pixels
         project.apply("h0", [Stroke(1, 1.0, ((40.0, 10.0), (40.0, 12.0)))])  # few bright
         n = project.class_counts().astype(float)
@@ -321,33 +320,5 @@ def test_class_weights_follow_the_balance_power(power, tmp_path):
         assert n[0] > 5 * n[1] > 0
         assert w.mean() == pytest.approx(1.0)
         assert w[1] / w[0] == pytest.approx((n[0] / n[1]) ** power, rel=1e-5)
-    finally:
-        project.close()
-
-
-def test_class_weight_power_moves_from_sparse_to_dense_labels(tmp_path):
-    """Clicks and strokes (few pixels of an image): 1 / n; dense masks: 1 / sqrt(n)."""
-    images = halves(tmp_path / "in", n=1)
-    project = Project.open(images, "dark,bright", tmp_path / "proj")
-    try:
-        trainer = Trainer(project, options=TrainerOptions(**FAST))  # 0.5 dense, 1.0 sparse
-        project.apply("h0", [Stroke(0, 1.0, ((6.0, 4.0), (6.0, 28.0)))])
-        project.apply("h0", [Stroke(1, 1.0, ((40.0, 10.0), (40.0, 12.0)))])
-        n = project.class_counts().astype(float)
-        f = project.labelled_fraction()
-        assert 0 < f < 0.1
-        ratio = trainer._class_weights().numpy()
-        power = 1.0 - 0.5 * 2 * f
-        assert ratio[1] / ratio[0] == pytest.approx((n[0] / n[1]) ** power, rel=1e-5)
-        h, w = 32, 48
-        dense = np.zeros((h, w), np.uint8)
-        dense[:, w // 2 :] = 1
-        dense[:4] = 1  # classes of unequal size
-        index = np.arange(h * w)
-        project.set_pixels("h0", index, dense.reshape(-1))
-        assert project.labelled_fraction() == 1.0
-        n = project.class_counts().astype(float)
-        ratio = trainer._class_weights().numpy()
-        assert ratio[0] / ratio[1] == pytest.approx((n[1] / n[0]) ** 0.5, rel=1e-5)
     finally:
         project.close()

@@ -394,12 +394,6 @@ class Project:
         return {"images": len(self.entries), "labelled": labelled,
                 "unlabelled": len(self.entries) - labelled}  # fmt: skip
 
-    def labelled_fraction(self) -> float:
-        """Labelled pixels over all pixels of the images with any label (0 when none)."""
-        entries = [e for e in self.entries.values() if e.labelled > 0 and not e.error]
-        area = sum(e.height * e.width for e in entries)
-        return sum(e.labelled for e in entries) / area if area else 0.0
-
     def class_counts(self) -> np.ndarray:
         """Labelled pixels per class over the project."""
         total = np.zeros(self.classes.num_classes, dtype=np.int64)

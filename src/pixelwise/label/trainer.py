@@ -70,10 +70,7 @@ class TrainerOptions:
     hflip: bool = True
     rotate90: bool = False  # also vertical flips and quarter turns (orientation-free images)
     jitter: float = 0.0  # random contrast x(1 +- jitter) and brightness +-jitter (of 255)
-    #: weigh classes by 1 / (their labelled pixels) ** p, p from ``balance_sparse`` (clicks: few
-    #: pixels of the labelled images labelled) to ``balance`` (half of them or more); 0: off
-    balance: float = 0.5
-    balance_sparse: float = 1.0
+    balance: float = 0.5  # weigh classes by 1 / (their labelled pixels) ** balance; 0: off
     #: weight of the CRF loss on every pixel of a crop (``losses.crf_loss``: neighbours of
     #: similar colour take one label), which carries clicks to the image's edges; 0: off
     crf_weight: float = 0.0
@@ -334,15 +331,11 @@ class Trainer:
 
     def _class_weights(self) -> torch.Tensor:
         counts = self.project.class_counts().astype(np.float64)
-        opts = self.options
-        if not opts.balance and not opts.balance_sparse:
+        if not self.options.balance:
             return torch.ones(len(counts), dtype=torch.float32)
-        power = opts.balance_sparse + (opts.balance - opts.balance_sparse) * min(
-            1.0, 2 * self.project.labelled_fraction()
-        )
         present = counts > 0
         w = np.zeros_like(counts)
-        w[present] = counts[present] ** -float(power)
+        w[present] = counts[present] ** -float(self.options.balance)
         if present.any():
             w[present] /= w[present].mean()
         w[~present] = 1.0
