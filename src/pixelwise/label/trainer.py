@@ -54,9 +54,8 @@ Log = Callable[[str], None]
 class TrainerOptions:
     """How the live model trains. The defaults suit a CPU: a U-Net of 8-16-32 channels (64 at
     the bottom) whose first convolution also sees ilastik's 48 filter-bank features per image
-    channel (``filter_bank``, cached per image), about 0.2 s per step of 4 crops of 128 pixels
-    on one core (``bench/interactive.py``: 469 steps in 80 s of CPU on ISBI, 303 on RGB
-    DRIVE)."""
+    channel (``filter_bank``, cached per image); steps of 4 crops of 128 pixels on one core
+    (``bench/interactive.py``: 469 steps in 80 s of CPU on ISBI, 303 on RGB DRIVE)."""
 
     model: str = "unet_same"
     model_args: dict[str, Any] = field(
