@@ -378,7 +378,9 @@ def run_dataset(name: str, args, say) -> dict[str, Any] | None:
     }  # fmt: skip
     result["summary"] = summary(result)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"interactive_{name}.json").write_text(json.dumps(result, indent=1) + "\n")
+    (args.out / f"interactive_{name}_seed{args.seed}.json").write_text(
+        json.dumps(result, indent=1) + "\n"
+    )
     return result
 
 
@@ -398,48 +400,81 @@ def summary(r: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def table(results: list[dict[str, Any]]) -> str:
+def table(results: dict[str, list[dict[str, Any]]]) -> str:
+    """Per dataset: every seed's row at each forest point, then the mean over the seeds at the
+    last point (one run is not a measurement: the clicks follow the model)."""
     lines = [
-        "| dataset | clicks/image | labelled px/image | pixelwise mIoU | random forest mIoU | "
-        "supervised mIoU (same CPU time) | pixelwise / supervised | pixelwise - forest |",
-        "|---|---|---|---|---|---|---|---|",
+        "| dataset | seed | clicks/image | labelled px/image | pixelwise mIoU | "
+        "random forest mIoU | supervised mIoU (same CPU time) | pixelwise / supervised | "
+        "pixelwise - forest |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in results:
-        rf = {row["clicks_per_image"]: row for row in r["random_forest"]}
-        sup = r["supervised"][-1]["miou"]
-        n = len(r["pool"])
-        for row in r["pixelwise"]:
-            k = row["clicks_per_image"]
-            if k not in rf:
-                continue
-            f = rf[k]["miou"]
-            lines.append(
-                f"| {r['dataset']} | {k} | {row['labelled_pixels'] / n:.0f} | {row['miou']:.3f} | "
-                f"{f:.3f} | {sup:.3f} | {row['miou'] / sup:.1%} | {100 * (row['miou'] - f):+.1f} |"
-            )
+    for name, runs in results.items():
+        for r in runs:
+            rf = {row["clicks_per_image"]: row for row in r["random_forest"]}
+            sup = r["supervised"][-1]["miou"]
+            n = len(r["pool"])
+            for row in r["pixelwise"]:
+                k = row["clicks_per_image"]
+                if k not in rf:
+                    continue
+                f = rf[k]["miou"]
+                lines.append(
+                    f"| {name} | {r['protocol']['seed']} | {k} | {row['labelled_pixels'] / n:.0f} "
+                    f"| {row['miou']:.3f} | {f:.3f} | {sup:.3f} | {row['miou'] / sup:.1%} | "
+                    f"{100 * (row['miou'] - f):+.1f} |"
+                )
+        m = mean_summary(runs)
+        lines.append(
+            f"| **{name}** | **mean of {m['runs']}** | {m['clicks_per_image']} | | "
+            f"{m['pixelwise_miou']:.3f} | {m['random_forest_miou']:.3f} | "
+            f"{m['supervised_miou']:.3f} | {m['fraction_of_supervised']:.1%} | "
+            f"**{m['beats_forest_by_points']:+.1f}** (sd {m['beats_forest_sd']:.1f}) |"
+        )
     return "\n".join(lines)
 
 
-def plot(results: list[dict[str, Any]], path: Path) -> None:
+def mean_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The seeds' mean at the last click count (margins: mean and standard deviation)."""
+    s = [r["summary"] for r in runs]
+    margins = [x["beats_forest_by_points"][str(x["clicks_per_image"])] for x in s]
+    mean = {k: float(np.mean([x[k] for x in s]))
+            for k in ("pixelwise_miou", "random_forest_miou", "supervised_miou",
+                      "fraction_of_supervised")}  # fmt: skip
+    return {"runs": len(runs), "seeds": [r["protocol"]["seed"] for r in runs],
+            "clicks_per_image": s[0]["clicks_per_image"], **mean,
+            "beats_forest_by_points": float(np.mean(margins)),
+            "beats_forest_sd": float(np.std(margins, ddof=1)) if len(margins) > 1 else 0.0,
+            }  # fmt: skip
+
+
+def plot(results: dict[str, list[dict[str, Any]]], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(2, len(results), figsize=(4.2 * len(results), 7), squeeze=False)
-    for j, r in enumerate(results):
+    for j, (name, runs) in enumerate(results.items()):
         top, bottom = axes[0][j], axes[1][j]
-        px, rf, sup = r["pixelwise"], r["random_forest"], r["supervised"]
-        top.plot([p["clicks_per_image"] for p in px], [p["miou"] for p in px], "o-", ms=3,
-                 label="pixelwise (live trainer)")  # fmt: skip
-        top.plot([p["clicks_per_image"] for p in rf], [p["miou"] for p in rf], "s--",
-                 label="random forest (ilastik features)")  # fmt: skip
-        top.axhline(sup[-1]["miou"], color="k", ls=":", label="supervised, same CPU time")
-        top.set(title=r["dataset"], xlabel="clicks per image", ylabel="held-out mIoU")
-        bottom.plot([p["wall_s"] for p in px], [p["miou"] for p in px], "o-", ms=3,
-                    label="pixelwise (clicks + training)")  # fmt: skip
-        bottom.plot([p["wall_s"] for p in sup], [p["miou"] for p in sup], "k^:",
-                    label="supervised (training)")  # fmt: skip
+        for i, r in enumerate(runs):  # every seed: its own clicks
+            px, rf, sup = r["pixelwise"], r["random_forest"], r["supervised"]
+            first = {} if i else {"label": True}
+            top.plot([p["clicks_per_image"] for p in px], [p["miou"] for p in px], "o-", ms=2,
+                     color="C0", alpha=0.7, lw=1,
+                     label="pixelwise (live trainer)" if first else None)  # fmt: skip
+            top.plot([p["clicks_per_image"] for p in rf], [p["miou"] for p in rf], "s--", ms=3,
+                     color="C1", alpha=0.7, lw=1,
+                     label="random forest (ilastik features)" if first else None)  # fmt: skip
+            bottom.plot([p["wall_s"] for p in px], [p["miou"] for p in px], "o-", ms=2,
+                        color="C0", alpha=0.7, lw=1,
+                        label="pixelwise (clicks + training)" if first else None)  # fmt: skip
+            bottom.plot([p["wall_s"] for p in sup], [p["miou"] for p in sup], "^:", color="k",
+                        alpha=0.7, label="supervised (training)" if first else None)  # fmt: skip
+        sup_mean = float(np.mean([r["supervised"][-1]["miou"] for r in runs]))
+        top.axhline(sup_mean, color="k", ls=":", label="supervised, same CPU time (mean)")
+        seeds = ", ".join(str(r["protocol"]["seed"]) for r in runs)
+        top.set(title=f"{name} (seeds {seeds})", xlabel="clicks per image", ylabel="held-out mIoU")
         bottom.set(xlabel="wall time (s)", ylabel="held-out mIoU")
         for ax in (top, bottom):
             ax.grid(alpha=0.3)
@@ -750,16 +785,18 @@ def main() -> None:
     if not args.report:
         for name in args.datasets.split(","):
             run_dataset(name.strip(), args, say)
-    results = [  # every dataset measured so far, in a fixed order
-        json.loads((args.out / f"interactive_{n}.json").read_text())
+    results = {  # every dataset and seed measured so far, datasets in a fixed order
+        n: [json.loads(f.read_text()) for f in sorted(args.out.glob(f"interactive_{n}_seed*.json"))]
         for n in LOADERS
-        if (args.out / f"interactive_{n}.json").is_file()
-    ]
+    }
+    results = {
+        n: sorted(runs, key=lambda r: r["protocol"]["seed"]) for n, runs in results.items() if runs
+    }
     if not results:
         return
     say(table(results))
-    for r in results:
-        say(f"{r['dataset']}: {json.dumps(r['summary'])}")
+    for n, runs in results.items():
+        say(f"{n}: {json.dumps(mean_summary(runs))}")
     plot(results, args.out / "interactive_curves.png")
     if args.out == RESULTS:
         shutil.copyfile(args.out / "interactive_curves.png", ROOT / "docs/images/label_curves.png")

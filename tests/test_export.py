@@ -41,14 +41,20 @@ NAMES = ["bg", "left", "right"]
 COLORS = [[0, 0, 0], [200, 40, 40], [40, 40, 200]]
 
 
-def make_run(root, name, in_channels=3, seed=0, **extra):
-    """A run directory with random (not zero: FCN scores start at zero) weights, no training."""
+def make_run(root, name, in_channels=3, seed=0, stats=False, **extra):
+    """A run directory with random (not zero: FCN scores start at zero) weights, no training
+    (``stats``: BatchNorm statistics moved from 0 and 1 too)."""
     torch.manual_seed(seed)
     kwargs = {**TINY.get(name, {}), "in_channels": in_channels, **extra}
     model = build(name, len(NAMES), **kwargs)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.1 * torch.randn_like(p))
+        for key, b in model.named_buffers() if stats else ():
+            if key.endswith("running_mean"):
+                b.add_(0.1 * torch.randn_like(b))
+            elif key.endswith("running_var"):
+                b.mul_(torch.rand_like(b) + 0.5)
     run = root / name
     run.mkdir(parents=True)
     classes = ClassInfo(NAMES, [tuple(c) for c in COLORS], ignore_index=255)
@@ -108,10 +114,14 @@ def test_onnx_export_matches_torch_on_new_sizes(name, tmp_path):
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
-def test_filter_bank_model_exports_for_any_size(fmt, tmp_path):
-    """ilastik's fixed filter bank inside unet_same traces to a graph that takes any size
-    (its banded-matrix shortcut is not traced), and ONNX Runtime agrees with torch."""
-    run = make_run(tmp_path, "unet_same", in_channels=1, filter_bank=True)
+@pytest.mark.parametrize("bank_width", [0, 6])
+def test_filter_bank_model_exports_for_any_size(fmt, bank_width, tmp_path):
+    """ilastik's fixed filter bank inside unet_same (its features standardised, mixed per pixel
+    or not) traces to a graph that takes any size (the banded-matrix shortcut is not traced),
+    and ONNX Runtime agrees with torch."""
+    run = make_run(
+        tmp_path, "unet_same", in_channels=1, filter_bank=True, bank_width=bank_width, stats=True
+    )
     out = tmp_path / f"fb.{'onnx' if fmt == 'onnx' else 'pt'}"
     _check_report(export_run(run, out, fmt), out)
     if fmt != "onnx":

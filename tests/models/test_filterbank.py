@@ -5,6 +5,7 @@ import pytest
 import torch
 from scipy import ndimage
 
+from pixelwise.errors import ConfigError
 from pixelwise.models import build, filterbank
 from pixelwise.models.filterbank import PER_SCALE, SCALES, FilterBank
 
@@ -88,3 +89,19 @@ def test_unet_same_with_a_filter_bank_feeds_it_beside_the_image():
     torch.testing.assert_close(out, again)
     plain = build("unet_same", 3, in_channels=1, depth=2, base_width=4)
     assert plain.features is None and plain.encoder[0][0].in_channels == 1
+
+
+def test_bank_width_mixes_the_features_per_pixel_first():
+    """``bank_width``: a 1x1 conv (+ BatchNorm, ReLU) turns the 48 x C features into that many
+    channels before the first 3x3 conv; precomputed features give the same logits."""
+    torch.manual_seed(0)
+    x = 3 + 2 * torch.randn(2, 1, 32, 32)
+    mixed = build("unet_same", 2, in_channels=1, depth=2, base_width=4, filter_bank=True,
+                  bank_width=6).eval()  # fmt: skip
+    assert mixed.feature_mix[0].kernel_size == (1, 1) and mixed.feature_mix[0].out_channels == 6
+    assert mixed.feature_mix[0].in_channels == 48 and mixed.encoder[0][0].in_channels == 1 + 6
+    with torch.no_grad():
+        torch.testing.assert_close(mixed(x), mixed(x, features=mixed.features(x)))
+    assert mixed(x).shape == (2, 2, 32, 32)
+    with pytest.raises(ConfigError, match="bank_width must be an integer >= 0"):
+        build("unet_same", 2, filter_bank=True, bank_width=-1)

@@ -24,7 +24,7 @@ def check_args(model: str, **values: object) -> None:
     """Raise ``ConfigError`` naming ``model`` and the argument when a common argument is invalid.
 
     Knows ``num_classes``, ``in_channels``, ``depth``, ``base_width``, ``stem_width`` (integers
-    >= 1; ``stem_width`` may be None), ``width``
+    >= 1; ``stem_width`` may be None), ``bank_width`` (an integer >= 0), ``width``
     (a number > 0), ``dropout`` (0 <= p < 1) and boolean flags (any other name).
     """
     for name, value in values.items():
@@ -32,6 +32,9 @@ def check_args(model: str, **values: object) -> None:
             ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
             ok = ok or (name == "stem_width" and value is None)  # None: base_width
             need = "an integer >= 1"
+        elif name == "bank_width":
+            ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+            need = "an integer >= 0"
         elif name == "width":
             ok = _is_number(value) and math.isfinite(value) and value > 0
             need = "a number > 0"
@@ -157,7 +160,7 @@ def init_he(module: nn.Module, mode: str = "fan_out") -> None:
             nn.init.normal_(m.weight, 0.0, std)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
+        elif isinstance(m, nn.BatchNorm2d) and m.affine:
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
 

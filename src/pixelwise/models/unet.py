@@ -55,7 +55,9 @@ class UNet(SegmentationModel):
     ``filter_bank``: the first convolution also sees ilastik's pixel features of the input
     (:class:`~pixelwise.models.filterbank.FilterBank`: 48 fixed Gaussian-derivative features per
     channel at scales 0.7-10 px), which lets the network learn from a few clicks what a random
-    forest on those features learns (the labeling page's live model).
+    forest on those features learns (the labeling page's live model). ``bank_width`` > 0: a 1x1
+    conv (+ BatchNorm, ReLU) mixes those features per pixel into that many channels first, which
+    makes the first 3x3 conv 48 x C / ``bank_width`` times cheaper.
     """
 
     def __init__(
@@ -70,6 +72,7 @@ class UNet(SegmentationModel):
         dropout: float = 0.0,
         stem_width: int | None = None,
         filter_bank: bool = False,
+        bank_width: int = 0,
     ) -> None:
         if padding not in ("valid", "same"):
             raise ConfigError(f"U-Net padding must be 'valid' or 'same', got {padding!r}")
@@ -84,8 +87,16 @@ class UNet(SegmentationModel):
             chans[0] = scaled(stem_width, width)
         # ilastik's fixed features beside the image (padding "same" only: they need borders)
         self.features = FilterBank(in_channels) if filter_bank else None
+        # bank_width > 0: a 1x1 conv mixes them per pixel into that many channels first (what a
+        # pixel classifier does; 3x3 convs over 48 x C maps are most of a small net's time)
+        self.feature_mix = (
+            nn.Sequential(*conv_bn_relu(self.features.out_channels, bank_width, 1, 0, True))
+            if filter_bank and bank_width > 0
+            else nn.Identity()
+        )
         self.encoder = nn.ModuleList()
-        previous = in_channels + (self.features.out_channels if self.features else 0)
+        n_feats = bank_width if bank_width > 0 else self.features.out_channels if filter_bank else 0
+        previous = in_channels + n_feats
         for level in range(depth):
             self.encoder.append(double_conv(previous, chans[level], pad, batch_norm))
             previous = chans[level]
@@ -111,7 +122,8 @@ class UNet(SegmentationModel):
         image), when the model has a filter bank."""
         self.output_size(*x.shape[-2:])  # raises ConfigError for too-small inputs
         if self.features is not None:
-            x = torch.cat([x, self.features(x) if features is None else features], dim=1)
+            feats = self.features(x) if features is None else features
+            x = torch.cat([x, self.feature_mix(feats)], dim=1)
         skips = []
         for level, block in enumerate(self.encoder):
             x = block(x)
@@ -241,11 +253,13 @@ def unet_same(
     dropout: float = 0.0,
     stem_width: int | None = None,
     filter_bank: bool = False,
+    bank_width: int = 0,
 ) -> UNet:
     """U-Net with padded convs and BatchNorm: logits exactly the input's size.
 
     ``filter_bank=True``: ilastik's fixed pixel features (48 per input channel) beside the image
-    at the input, for learning from a few clicks (the labeling page's default)."""
+    at the input, for learning from a few clicks (the labeling page's default); ``bank_width``:
+    mixed per pixel into that many channels first (0: fed as they are)."""
     return _build("unet_same", "same", **locals())
 
 
