@@ -41,8 +41,11 @@ the interval between new predictions arriving at a polling page, p50 / p95.
 ``--screenshot PNG``: the page in chromium on ISBI slices, strokes drawn with the mouse on the
 open image and a few on others, the live model trained for ``--shot-seconds``, then captured.
 
-Outputs: ``bench/results/interactive_<dataset>.json``, ``interactive_curves.png`` (and a copy in
-``docs/images/label_curves.png``), ``interactive_latency.json``; the table on stdout.
+Outputs: ``bench/results/interactive_<dataset>_seed<seed>.json``, ``interactive_curves.png`` (and
+a copy in ``docs/images/label_curves.png``), ``interactive_latency.json``; the table on stdout,
+with every seed measured so far and their mean. One run is not a measurement: the clicks follow
+the model, so each seed has its own clicks and the forest's score moves as much as ours; run
+seeds in parallel (``--seed 1``, ``--seed 2``, one thread each) and ``--report`` to table them.
 """
 
 from __future__ import annotations

@@ -322,3 +322,41 @@ def test_class_weights_follow_the_balance_power(power, tmp_path):
         assert w[1] / w[0] == pytest.approx((n[0] / n[1]) ** power, rel=1e-5)
     finally:
         project.close()
+
+
+def test_the_published_average_warms_up_then_decays_at_ema(tmp_path):
+    """The published weights are a moving average whose decay after n updates is
+    min(ema, (1 + n) / (10 + n)): the first weights fade within a few steps (a fixed 0.95 keeps
+    36% of them after 20 steps), then the decay is ``ema``. BatchNorm's counter is copied."""
+    project = Project.open(halves(tmp_path / "img"), ["dark", "bright"], tmp_path / "p")
+    trainer = Trainer(project, options=TrainerOptions(**{**FAST, "ema": 0.95}))
+    avg, model = trainer.averaged, trainer.model
+
+    def update(value: float) -> None:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.fill_(value)
+            for k, b in model.named_buffers():
+                if k.endswith("num_batches_tracked"):
+                    b.fill_(int(value))
+        avg.update_parameters(model)
+
+    def averaged() -> float:
+        values = {round(float(v), 6) for p in avg.module.parameters() for v in p.detach().flatten()}
+        assert len(values) == 1
+        return values.pop()
+
+    update(1.0)  # the first update copies
+    assert averaged() == pytest.approx(1.0)
+    update(2.0)  # n = 1: decay 2 / 11
+    assert averaged() == pytest.approx(1 * 2 / 11 + 2 * 9 / 11, abs=1e-5)
+    update(3.0)  # n = 2: decay 3 / 12
+    want = (1 * 2 / 11 + 2 * 9 / 11) * 3 / 12 + 3 * 9 / 12
+    assert averaged() == pytest.approx(want, abs=1e-5)
+    counters = [b for k, b in avg.module.named_buffers() if k.endswith("num_batches_tracked")]
+    assert counters and all(int(c) == 3 for c in counters)
+    for _ in range(300):  # past the warm-up
+        update(3.0)
+    update(4.0)
+    assert averaged() == pytest.approx(0.95 * 3 + 0.05 * 4, abs=1e-5)
+    project.close()
