@@ -14,8 +14,9 @@ Batches: crops of ``crop`` pixels, each around a labelled pixel drawn uniformly 
 image drawn uniformly (so each crop carries loss), flipped left-right at random; classes are
 weighted by the inverse square root of their labelled pixels (a class drawn with a few strokes
 is not drowned by one drawn with many). What is published is an exponential moving average of
-the weights (decay ``ema``, 0.95: about the last 20 steps), which keeps the page's prediction
-from flickering between checkpoints (and scored a little higher in ``bench/interactive.py``).
+the weights (decay ``ema``, 0.95: about the last 20 steps, warmed up over the first steps so
+that the random start fades at once), which keeps the page's prediction from flickering between
+checkpoints (and scored a little higher in ``bench/interactive.py``).
 """
 
 from __future__ import annotations
