@@ -105,3 +105,5 @@ def test_bank_width_mixes_the_features_per_pixel_first():
     assert mixed(x).shape == (2, 2, 32, 32)
     with pytest.raises(ConfigError, match="bank_width must be an integer >= 0"):
         build("unet_same", 2, filter_bank=True, bank_width=-1)
+    with pytest.raises(ConfigError, match="set filter_bank=true too"):
+        build("unet_same", 2, bank_width=8)

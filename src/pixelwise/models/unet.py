@@ -76,6 +76,8 @@ class UNet(SegmentationModel):
     ) -> None:
         if padding not in ("valid", "same"):
             raise ConfigError(f"U-Net padding must be 'valid' or 'same', got {padding!r}")
+        if bank_width and not filter_bank:
+            raise ConfigError("U-Net bank_width mixes the filter bank: set filter_bank=true too")
         border = _border(depth) if padding == "valid" else 0
         super().__init__(num_classes, in_channels, border)
         self.depth = depth
