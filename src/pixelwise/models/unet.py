@@ -90,7 +90,7 @@ class UNet(SegmentationModel):
         # ilastik's fixed features beside the image (padding "same" only: they need borders)
         self.features = FilterBank(in_channels) if filter_bank else None
         # bank_width > 0: a 1x1 conv mixes them per pixel into that many channels first (what a
-        # pixel classifier does; 3x3 convs over 48 x C maps are most of a small net's time)
+        # pixel classifier does; 3x3 convs over 48 x C maps are most of a small net's multiply-adds)
         self.feature_mix = (
             nn.Sequential(*conv_bn_relu(self.features.out_channels, bank_width, 1, 0, True))
             if filter_bank and bank_width > 0
