@@ -325,23 +325,64 @@ def random_forest(data: dict[str, Any], clicks: list, args, say) -> list:
         keep = rnd < k
         rf.fit(x[keep], y[keep])
         forests[k] = (rf, time.monotonic() - t1, int(keep.sum()))
-    n = len(data["classes"])
-    cms = {k: torch.zeros(n, n, dtype=torch.int64) for k in points}
-    for _, image, gt in data["heldout"]:
-        feats = ilastik_features(image).reshape(-1, 48 * image.shape[2])
-        for k, (rf, _, _) in forests.items():
-            pred = np.zeros(len(feats), np.int64)
-            pred[:] = rf.classes_[rf.predict_proba(feats).argmax(1)]
-            cms[k] += confusion_matrix(torch.from_numpy(pred).reshape(gt.shape),
-                                       torch.from_numpy(gt.astype(np.int64)), n)  # fmt: skip
+    held = heldout_features(data)
     rows = []
     for k in points:
-        s = scores(cms[k])
+        s = forest_scores(forests[k][0], data, held)
         rows.append({"clicks_per_image": k, "labelled_pixels": forests[k][2],
                      "fit_s": round(forests[k][1], 2), "pool_features_s": round(features_s, 1),
                      "miou": s["mean_iou"], "iou": s["iou"],
                      "pixel_accuracy": s["pixel_accuracy"]})  # fmt: skip
         say(f"  {data['name']} random forest, {k} clicks/image: mIoU {s['mean_iou']:.4f}")
+    return rows
+
+
+def heldout_features(data: dict[str, Any]) -> list[np.ndarray]:
+    return [ilastik_features(im).reshape(-1, 48 * im.shape[2]) for _, im, _ in data["heldout"]]
+
+
+def forest_predict(rf, feats: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    return rf.classes_[rf.predict_proba(feats).argmax(1)].reshape(shape).astype(np.int64)
+
+
+def forest_scores(rf, data: dict[str, Any], held: list[np.ndarray]) -> dict[str, Any]:
+    """The forest's scores on the held-out images (their features in ``held``)."""
+    n = len(data["classes"])
+    cm = torch.zeros(n, n, dtype=torch.int64)
+    for feats, (_, _, gt) in zip(held, data["heldout"], strict=True):
+        pred = torch.from_numpy(forest_predict(rf, feats, gt.shape))
+        cm += confusion_matrix(pred, torch.from_numpy(gt.astype(np.int64)), n)
+    return scores(cm)
+
+
+def forest_loop(data: dict[str, Any], args, say) -> list:
+    """ilastik's own loop (``--forest-loop``): the same annotator clicks where the *forest* is
+    wrong, the forest is refitted after each round, scored at ``--rf-at``."""
+    from sklearn.ensemble import RandomForestClassifier
+
+    pool = {
+        stem: ilastik_features(im).reshape(-1, 48 * im.shape[2]) for stem, im, _ in data["pool"]
+    }
+    labelled = {stem: np.zeros(gt.shape, bool) for stem, _, gt in data["pool"]}
+    held, xs, ys, rf, rows = heldout_features(data), [], [], None, []
+    for r in range(args.clicks):
+        for stem, _, gt in data["pool"]:
+            pred = None if rf is None else forest_predict(rf, pool[stem], gt.shape)
+            found = next_click(gt, pred, labelled[stem])
+            if found is None:
+                continue
+            index = click_disc(gt, *found, args.radius)
+            labelled[stem].reshape(-1)[index] = True
+            xs.append(pool[stem][index])
+            ys.append(gt.reshape(-1)[index])
+        rf = RandomForestClassifier(n_estimators=100, n_jobs=1, random_state=args.seed)
+        rf.fit(np.concatenate(xs), np.concatenate(ys))
+        if r + 1 in args.rf_at:
+            s = forest_scores(rf, data, held)
+            rows.append({"clicks_per_image": r + 1, "labelled_pixels": int(sum(map(len, ys))),
+                         "miou": s["mean_iou"], "iou": s["iou"],
+                         "pixel_accuracy": s["pixel_accuracy"]})  # fmt: skip
+            say(f"  {data['name']} forest on its own clicks, {r + 1}/image: {s['mean_iou']:.4f}")
     return rows
 
 
@@ -387,6 +428,20 @@ def run_dataset(name: str, args, say) -> dict[str, Any] | None:
     return result
 
 
+def add_forest_loop(name: str, args, say) -> None:
+    """``--forest-loop``: ilastik's own loop on the pool and held-out images of an existing run
+    (``interactive_<name>_seed<seed>.json``), added to it."""
+    path = args.out / f"interactive_{name}_seed{args.seed}.json"
+    if not path.is_file():
+        raise SystemExit(f"--forest-loop: no {path}; run the bench with --seed {args.seed} first")
+    data, result = LOADERS[name](args.images), json.loads(path.read_text())
+    if data is None or [s for s, _, _ in data["pool"]] != result["pool"]:
+        raise SystemExit(f"--forest-loop: {path} was not measured on these pool images")
+    result["random_forest_own_clicks"] = forest_loop(data, args, say)
+    result["summary"] = summary(result)
+    path.write_text(json.dumps(result, indent=1) + "\n")
+
+
 def summary(r: dict[str, Any]) -> dict[str, Any]:
     last = r["pixelwise"][-1]
     sup = r["supervised"][-1]
@@ -400,6 +455,19 @@ def summary(r: dict[str, Any]) -> dict[str, Any]:
         "supervised_miou": sup["miou"],
         "fraction_of_supervised": last["miou"] / sup["miou"],
         "beats_forest_by_points": {str(c): 100 * (px[c] - rf[c]) for c in rf if c in px},
+        **own_clicks(r, k),
+    }
+
+
+def own_clicks(r: dict[str, Any], k: int) -> dict[str, Any]:
+    """The forest on its own clicks at ``k`` clicks per image, when measured."""
+    own = {row["clicks_per_image"]: row["miou"] for row in r.get("random_forest_own_clicks", [])}
+    if k not in own:
+        return {}
+    px = {row["clicks_per_image"]: row["miou"] for row in r["pixelwise"]}[k]
+    return {
+        "forest_own_clicks_miou": own[k],
+        "beats_forest_own_clicks_by_points": 100 * (px - own[k]),
     }
 
 
@@ -449,6 +517,28 @@ def mean_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "beats_forest_by_points": float(np.mean(margins)),
             "beats_forest_sd": float(np.std(margins, ddof=1)) if len(margins) > 1 else 0.0,
             }  # fmt: skip
+
+
+def own_clicks_table(results: dict[str, list[dict[str, Any]]]) -> str:
+    """Per run measured with ``--forest-loop``: pixelwise and the forest on pixelwise's clicks
+    beside the forest on its own clicks (ilastik's loop), at the last click count."""
+    lines = [
+        "| dataset | seed | clicks/image | pixelwise mIoU (its clicks) | forest mIoU (pixelwise's "
+        "clicks) | forest mIoU (its own clicks) | pixelwise - forest (own clicks) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, runs in results.items():
+        for r in runs:
+            s = r["summary"]
+            if "forest_own_clicks_miou" not in s:
+                continue
+            lines.append(
+                f"| {name} | {r['protocol']['seed']} | {s['clicks_per_image']} | "
+                f"{s['pixelwise_miou']:.3f} | {s['random_forest_miou']:.3f} | "
+                f"{s['forest_own_clicks_miou']:.3f} | "
+                f"{s['beats_forest_own_clicks_by_points']:+.1f} |"
+            )
+    return "\n".join(lines) if len(lines) > 2 else ""
 
 
 def plot(results: dict[str, list[dict[str, Any]]], path: Path) -> None:
@@ -769,6 +859,11 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=RESULTS, help="folder of the JSON and PNG")
     ap.add_argument("--report", action="store_true", help="only redo the table and plot")
     ap.add_argument("--set", action="append", default=[], help="TrainerOptions KEY=VALUE")
+    ap.add_argument(
+        "--forest-loop",
+        action="store_true",
+        help="add to each dataset's JSON of --seed the forest choosing its own clicks",
+    )
     args = ap.parse_args()
     args.rf_at = [int(v) for v in args.rf_at.split(",")]
     torch.set_num_threads(args.threads)
@@ -785,7 +880,10 @@ def main() -> None:
     if args.screenshot:
         screenshot(args, say)
         return
-    if not args.report:
+    if args.forest_loop:
+        for name in args.datasets.split(","):
+            add_forest_loop(name.strip(), args, say)
+    elif not args.report:
         for name in args.datasets.split(","):
             run_dataset(name.strip(), args, say)
     results = {  # every dataset and seed measured so far, datasets in a fixed order
@@ -798,6 +896,8 @@ def main() -> None:
     if not results:
         return
     say(table(results))
+    if own := own_clicks_table(results):
+        say("\nThe forest choosing its own clicks (--forest-loop):\n" + own)
     for n, runs in results.items():
         say(f"{n}: {json.dumps(mean_summary(runs))}")
     plot(results, args.out / "interactive_curves.png")
