@@ -27,7 +27,11 @@ on held-out images (mean IoU over the classes; not counted in the wall time).
   Hessian-of-Gaussian eigenvalues, at scales 0.7, 1, 1.6, 3.5, 5 and 10 px (48 features per
   channel), trained on exactly the pixels the clicks labelled, at ``--rf-at`` clicks per image;
 - *fully supervised*: the same trainer and model on the dense masks of the pool images, trained
-  for the same total CPU time (``--clicks`` x ``--round-seconds``), scored along the way.
+  for the same total CPU time (``--clicks`` x ``--round-seconds``), scored along the way;
+- *the forest in its own loop* (``--forest-loop --seed K``, added to that seed's JSON): ilastik's
+  workflow, the same annotator clicking where the forest is wrong and the forest refitted after
+  each round. The clicks follow the model, so "on the same clicks" compares learners on the
+  clicks pixelwise chose, and this compares the two loops a user would run.
 
 Datasets (from ``../shared/data``, skipped when absent; the digits are embedded): ISBI 2012
 (pool: slices 0-9, held out: 20-24; membrane / cell), DRIVE (pool: training 21-30, held out:
