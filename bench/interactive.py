@@ -542,6 +542,19 @@ def own_clicks_table(results: dict[str, list[dict[str, Any]]]) -> str:
                 f"{s['forest_own_clicks_miou']:.3f} | "
                 f"{s['beats_forest_own_clicks_by_points']:+.1f} |"
             )
+        done = [r["summary"] for r in runs if "forest_own_clicks_miou" in r["summary"]]
+        if len(done) > 1:
+            mean = {
+                k: float(np.mean([d[k] for d in done]))
+                for k in done[0]
+                if k != "beats_forest_by_points"
+            }
+            lines.append(
+                f"| **{name}** | **mean of {len(done)}** | {done[0]['clicks_per_image']} | "
+                f"{mean['pixelwise_miou']:.3f} | {mean['random_forest_miou']:.3f} | "
+                f"{mean['forest_own_clicks_miou']:.3f} | "
+                f"**{mean['beats_forest_own_clicks_by_points']:+.1f}** |"
+            )
     return "\n".join(lines) if len(lines) > 2 else ""
 
 
