@@ -438,7 +438,13 @@ def add_forest_loop(name: str, args, say) -> None:
     path = args.out / f"interactive_{name}_seed{args.seed}.json"
     if not path.is_file():
         raise SystemExit(f"--forest-loop: no {path}; run the bench with --seed {args.seed} first")
-    data, result = LOADERS[name](args.images), json.loads(path.read_text())
+    try:
+        result = json.loads(path.read_text())
+    except ValueError as err:
+        raise SystemExit(
+            f"--forest-loop: {path} is not a bench JSON ({err}); run it again"
+        ) from None
+    data = LOADERS[name](args.images)
     if data is None or [s for s, _, _ in data["pool"]] != result["pool"]:
         raise SystemExit(f"--forest-loop: {path} was not measured on these pool images")
     result["random_forest_own_clicks"] = forest_loop(data, args, say)
@@ -883,6 +889,9 @@ def main() -> None:
     )
     args = ap.parse_args()
     args.rf_at = [int(v) for v in args.rf_at.split(",")]
+    unknown = [n for n in args.datasets.split(",") if n.strip() not in LOADERS]
+    if unknown:
+        ap.error(f"--datasets: unknown {', '.join(unknown)}; choose from {', '.join(LOADERS)}")
     torch.set_num_threads(args.threads)
 
     def say(msg: str) -> None:

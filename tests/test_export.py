@@ -116,8 +116,8 @@ def test_onnx_export_matches_torch_on_new_sizes(name, tmp_path):
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 @pytest.mark.parametrize("bank_width", [0, 6])
 def test_filter_bank_model_exports_for_any_size(fmt, bank_width, tmp_path):
-    """ilastik's fixed filter bank inside unet_same (its features standardised, mixed per pixel
-    or not) traces to a graph that takes any size (the banded-matrix shortcut is not traced),
+    """ilastik's fixed filter bank inside unet_same (its features mixed per pixel or not)
+    traces to a graph that takes any size (the banded-matrix shortcut is not traced),
     and ONNX Runtime agrees with torch."""
     run = make_run(
         tmp_path, "unet_same", in_channels=1, filter_bank=True, bank_width=bank_width, stats=True

@@ -97,8 +97,7 @@ class UNet(SegmentationModel):
             else nn.Identity()
         )
         self.encoder = nn.ModuleList()
-        n_feats = bank_width if bank_width > 0 else self.features.out_channels if filter_bank else 0
-        previous = in_channels + n_feats
+        previous = in_channels + (bank_width or self.features.out_channels if filter_bank else 0)
         for level in range(depth):
             self.encoder.append(double_conv(previous, chans[level], pad, batch_norm))
             previous = chans[level]
