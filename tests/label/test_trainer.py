@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from pixelwise.data.io import write_image
+from pixelwise.data.transforms import to_tensor
 from pixelwise.errors import ConfigError
 from pixelwise.label.project import ERASE, Project, Stroke
 from pixelwise.label.trainer import Trainer, TrainerOptions, mean_entropy
@@ -259,6 +260,37 @@ def test_cached_filter_bank_features_match_the_crops(tmp_path):
         project.close()
 
 
+def test_the_page_predicts_labelled_images_from_the_cached_features(tmp_path, monkeypatch):
+    """The live model reuses the trainer's features of a labelled image (cut back from the
+    crop-size padding): the bank is not run again, and the prediction is the one the model
+    computes from the image itself (up to the cache's float16)."""
+    images = halves(tmp_path / "in", n=2, size=(26, 45))  # under the crop's 32 px in height
+    project = Project.open(images, "dark,bright", tmp_path / "proj")
+    try:
+        args = {"depth": 2, "base_width": 4, "filter_bank": True}
+        trainer = Trainer(project, options=TrainerOptions(**{**FAST, "model_args": args}))
+        label_halves(project, "h0")
+        trainer.train_for(5, clock=iter(range(10**6)).__next__)
+        trainer.publish()
+        assert "h0" in trainer.features and "h1" not in trainer.features
+        assert trainer.features.peek("h0").shape == (48, 32, 45)
+        model, _ = trainer.live.current()
+        image = project.image("h0", 1)
+        with torch.no_grad():
+            own = torch.softmax(model(to_tensor(image, trainer.mean, trainer.std)[None]), 1)[0]
+        calls = []
+        monkeypatch.setattr(model.features, "forward", lambda x: calls.append(x) or 1 / 0)
+        pred = trainer.live.predict("h0", project)
+        assert not calls  # the bank did not run
+        torch.testing.assert_close(
+            torch.from_numpy(pred.confidence), own.max(0).values, atol=2e-2, rtol=0
+        )
+        with pytest.raises(ZeroDivisionError):  # an unlabelled image runs the bank
+            trainer.live.predict("h1", project)
+    finally:
+        project.close()
+
+
 def test_filter_bank_model_trains_on_images_smaller_than_the_crop(tmp_path):
     """An image under the crop size is padded as its crops are, and its features cached: in
     the image, equal to the features the model computes on the padded crop."""
@@ -278,7 +310,7 @@ def test_filter_bank_model_trains_on_images_smaller_than_the_crop(tmp_path):
             own = trainer.model.features(x)
             inner = (slice(None), slice(None), slice(60, 100), slice(60, 100))
             torch.testing.assert_close(feats[inner].float(), own[inner], atol=2e-2, rtol=1e-2)
-        assert trainer._features["s0"].shape == (48, 160, 170)  # padded to the crop's height
+        assert trainer.features.peek("s0").shape == (48, 160, 170)  # padded to the crop's height
         assert trainer.train_for(0.0) == 1
     finally:
         project.close()
@@ -299,7 +331,7 @@ def test_features_past_the_cache_budget_are_computed_per_crop(tmp_path):
         for _ in range(6):
             x, _, _, feats = trainer._batch()
             kinds.add(feats is None)
-        assert list(trainer._features) in (["h0"], ["h1"])  # one fits, the other never enters
+        assert trainer.features.stems() in (["h0"], ["h1"])  # one fits, the other never enters
         assert True in kinds  # batches holding the other image
         assert trainer.train_for(0.0) == 1
     finally:
@@ -360,3 +392,27 @@ def test_the_published_average_warms_up_then_decays_at_ema(tmp_path):
     update(4.0)
     assert averaged() == pytest.approx(0.95 * 3 + 0.05 * 4, abs=1e-5)
     project.close()
+
+
+def test_self_training_labels_only_confident_unlabelled_pixels(tmp_path):
+    """``pseudo_weight``: the published average's sure classes become labels of the crops'
+    unlabelled pixels; labelled pixels and unsure ones stay 255."""
+    images = halves(tmp_path / "in", n=1)
+    project = Project.open(images, "dark,bright", tmp_path / "proj")
+    try:
+        label_halves(project)
+        torch.manual_seed(0)
+        options = TrainerOptions(**{**FAST, "lr": 3e-2}, pseudo_weight=1.0, seed=3)
+        trainer = Trainer(project, options=options)
+        trainer.train_for(60, clock=iter(range(10**6)).__next__)  # 60 steps
+        x, y, _, feats = trainer._batch()
+        pseudo = trainer._pseudo_labels(x, y, feats)
+        assert (pseudo[y != ERASE] == ERASE).all()
+        with torch.no_grad():
+            sure_p, teacher = torch.softmax(trainer.averaged.module(x), 1).max(1)
+        sure = pseudo != ERASE
+        assert (sure == ((y == ERASE) & (sure_p >= options.pseudo_threshold))).all()
+        assert (pseudo[sure] == teacher[sure]).all()
+        assert 0 < sure.sum() < (y == ERASE).sum()
+    finally:
+        project.close()

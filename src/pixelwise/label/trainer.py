@@ -37,7 +37,7 @@ import torch
 
 from pixelwise import __version__
 from pixelwise.data.classes import ClassInfo
-from pixelwise.data.transforms import default_normalization
+from pixelwise.data.transforms import default_normalization, to_tensor
 from pixelwise.errors import ConfigError
 from pixelwise.files import write_json
 from pixelwise.label.project import ERASE, LabelError, Project
@@ -76,6 +76,11 @@ class TrainerOptions:
     #: similar colour take one label), which carries clicks to the image's edges; 0: off
     crf_weight: float = 0.0
     crf_color: float = 15.0  # its colour bandwidth (intensity units of 0-255 images)
+    #: weight of self-training: the unlabelled pixels of each crop on which the published
+    #: average is at least ``pseudo_threshold`` sure take its class as a label (mean teacher);
+    #: 0: off
+    pseudo_weight: float = 0.0
+    pseudo_threshold: float = 0.95
     ema: float = 0.95  # publish an exponential moving average of the weights (0: the weights)
     publish_every: float = 5.0  # seconds of training between checkpoints
     score_seconds: float = 1.0  # after each checkpoint: time spent scoring unlabelled images
@@ -107,6 +112,54 @@ def mean_entropy(probs: torch.Tensor) -> torch.Tensor:
     return ent / math.log(c) if c > 1 else ent * 0
 
 
+class FeatureCache:
+    """The fixed input features (``(F, H, W)`` float16, on the CPU) of whole project images for
+    a model with a filter bank (``unet_same(filter_bank=True)``), computed once per image and
+    kept while they fit in ``budget_mb`` with those already kept (nothing is evicted, so a
+    project larger than the budget never recomputes whole images over and over). The trainer
+    fills it with its labelled images (:meth:`get`); the live model reads it (:meth:`peek`) so
+    that the page's predictions of those images skip the bank, about half their cost. Images
+    smaller than ``pad_to`` are padded first as :func:`_crop_around` pads them (edge pixels,
+    which is also the bank's own border, so the unpadded part is the same). Thread-safe."""
+
+    def __init__(self, bank: torch.nn.Module, mean, std, budget_mb: int, pad_to: int, device):
+        self.bank, self.mean, self.std = bank, tuple(mean), tuple(std)
+        self.budget = budget_mb * 2**20
+        self.pad_to, self.device = pad_to, device
+        self._kept: dict[str, torch.Tensor] = {}
+        self._lock = threading.Lock()
+
+    def peek(self, stem: str) -> torch.Tensor | None:
+        with self._lock:
+            return self._kept.get(stem)
+
+    def get(self, stem: str, image: np.ndarray) -> torch.Tensor | None:
+        """The features of ``image`` (project image ``stem``), computed if they fit; None when
+        they do not."""
+        have = self.peek(stem)
+        if have is not None:
+            return have
+        h, w, size = image.shape[0], image.shape[1], self.pad_to
+        with self._lock:
+            kept = sum(f.numel() * 2 for f in self._kept.values())
+        if kept + 2 * self.bank.out_channels * max(h, size) * max(w, size) > self.budget:
+            return None
+        if h < size or w < size:
+            image = np.pad(image, ((0, max(0, size - h)), (0, max(0, size - w)), (0, 0)), "edge")
+        x = to_tensor(np.ascontiguousarray(image), self.mean, self.std)[None].to(self.device)
+        with torch.no_grad():  # tall images go strip by strip (FilterBank.forward)
+            feats = self.bank(x)[0].to("cpu", torch.float16)
+        with self._lock:
+            return self._kept.setdefault(stem, feats)
+
+    def __contains__(self, stem: str) -> bool:
+        return self.peek(stem) is not None
+
+    def stems(self) -> list[str]:
+        with self._lock:
+            return list(self._kept)
+
+
 class LiveModel:
     """The latest published weights, shared by the page's requests (thread-safe)."""
 
@@ -120,6 +173,7 @@ class LiveModel:
         self.model: torch.nn.Module | None = None
         self.published_at: float | None = None
         self.scores: dict[str, tuple[float, int]] = {}  # stem -> (mean entropy, version)
+        self.features: FeatureCache | None = None  # the trainer's, when its model has a bank
         self._cache: OrderedDict[tuple[str, int], Prediction] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -138,11 +192,22 @@ class LiveModel:
             return self.model, self.version
 
     @torch.inference_mode()
-    def probabilities(self, image: np.ndarray, model: torch.nn.Module) -> torch.Tensor:
-        """Softmax ``(C, H, W)`` of ``image`` (tiled when it is large)."""
-        seg = Segmenter(model, self.classes, self.mean, self.std, self.in_channels, self.device)
-        tile = self.tile if max(image.shape[:2]) > self.tile else None
-        return torch.softmax(seg.logits(image, tile=tile).float(), 0).cpu()
+    def probabilities(
+        self, image: np.ndarray, model: torch.nn.Module, features: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Softmax ``(C, H, W)`` of ``image`` (tiled when it is large). ``features``: the
+        model's fixed features of the image, computed before (:class:`FeatureCache`; they may
+        cover a padded image), used when the image goes in one piece."""
+        h, w = image.shape[:2]
+        if max(h, w) > self.tile:
+            seg = Segmenter(model, self.classes, self.mean, self.std, self.in_channels, self.device)
+            return torch.softmax(seg.logits(image, tile=self.tile).float(), 0).cpu()
+        x = to_tensor(image, self.mean, self.std)[None].to(self.device)
+        if features is None:
+            logits = forward_full(model, x)
+        else:
+            logits = model(x, features=features[None, :, :h, :w].to(self.device, torch.float32))
+        return torch.softmax(logits[0].float(), 0).cpu()
 
     def predict(self, stem: str, project: Project) -> Prediction | None:
         """The prediction of image ``stem`` under the current weights (cached); None before the
@@ -154,7 +219,8 @@ class LiveModel:
             hit = self._cache.get((stem, version))
         if hit is not None:
             return hit
-        probs = self.probabilities(project.image(stem, self.in_channels), model)
+        cached = None if self.features is None else self.features.peek(stem)
+        probs = self.probabilities(project.image(stem, self.in_channels), model, cached)
         conf, labels = probs.max(0)
         ent = mean_entropy(probs)
         pred = Prediction(
@@ -231,7 +297,17 @@ class Trainer:
         self.error: str | None = None
         self.state = "idle"
         self._data: dict[str, tuple[int, np.ndarray, np.ndarray]] = {}
-        self._features: dict[str, torch.Tensor] = {}  # stem -> (F, H, W), see _feature_map
+        self.features = None  # the fixed features of the labelled images (a filter-bank model)
+        if self.model.features is not None and opts.jitter == 0:
+            self.features = FeatureCache(
+                self.model.features,
+                self.mean,
+                self.std,
+                opts.feature_cache_mb,
+                opts.crop,
+                self.device,
+            )
+            self.live.features = self.features
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._config_images = -1
@@ -319,6 +395,10 @@ class Trainer:
         else:  # the cached fixed features of the crops (a filter-bank model: border 0)
             logits = self.model(x, features=feats.to(self.device, torch.float32))
         loss = pixel_cross_entropy(logits, y.to(self.device), class_weights=weights.to(self.device))
+        if self.options.pseudo_weight > 0 and self.averaged is not None:
+            pseudo = self._pseudo_labels(x, y.to(self.device), feats)
+            extra = pixel_cross_entropy(logits, pseudo, class_weights=weights.to(self.device))
+            loss = loss + self.options.pseudo_weight * extra
         if self.options.crf_weight > 0:
             crf = crf_loss(logits, raw.to(self.device), sigma_color=self.options.crf_color)
             loss = loss + self.options.crf_weight * crf
@@ -329,6 +409,21 @@ class Trainer:
             self.averaged.update_parameters(self.model)
         self.steps += 1
         self.losses.append(float(loss.detach()))
+
+    @torch.no_grad()
+    def _pseudo_labels(
+        self, x: torch.Tensor, y: torch.Tensor, feats: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The published average's class on the unlabelled pixels of the crops ``x`` where its
+        probability reaches ``pseudo_threshold``; 255 elsewhere and on labelled pixels."""
+        teacher = self.averaged.module.eval()
+        if feats is None:
+            logits = forward_full(teacher, x)
+        else:
+            logits = teacher(x, features=feats.to(self.device, torch.float32))
+        conf, labels = torch.softmax(logits.float(), 1).max(1)
+        keep = (y == ERASE) & (conf >= self.options.pseudo_threshold)
+        return torch.where(keep, labels, torch.full_like(labels, ERASE))
 
     def _class_weights(self) -> torch.Tensor:
         counts = self.project.class_counts().astype(np.float64)
@@ -363,8 +458,6 @@ class Trainer:
         crops' intensities (0-255, ``(B, C, H, W)``, for the CRF loss) and the crops of the
         model's cached fixed features (None when it has none or some crop lacks them); None
         when nothing is labelled."""
-        from pixelwise.data.transforms import to_tensor
-
         stems = self.project.labelled_stems()
         size, xs, ys, raws, fs = self.options.crop, [], [], [], []
         tries = 0
@@ -379,7 +472,7 @@ class Trainer:
             except LabelError:  # gone or corrupt since: skip it
                 continue
             mask, index = found
-            feats = self._feature_map(stem, image)
+            feats = None if self.features is None else self.features.get(stem, image)
             (top, left), image, crop_mask = _crop_around(image, mask, index, size, self.rng)
             if feats is not None:  # of the image padded as _crop_around pads it
                 feats = feats[:, top : top + size, left : left + size]
@@ -393,35 +486,6 @@ class Trainer:
             return None
         feats = None if any(f is None for f in fs) else torch.stack(fs)
         return torch.stack(xs), torch.stack(ys), torch.stack(raws), feats
-
-    def _feature_map(self, stem: str, image: np.ndarray) -> torch.Tensor | None:
-        """The model's fixed input features of the whole image ``stem`` (``(F, H, W)``
-        float16), computed once and kept while they fit in ``feature_cache_mb`` with those
-        already kept; None when the model has none, when ``jitter`` changes the image, or when
-        they do not fit (the model then computes them on each crop: nothing is evicted, so a
-        project larger than the cache never recomputes whole images over and over). An image
-        smaller than the crop is padded first as :func:`_crop_around` pads it (edge pixels,
-        which is also the bank's own border)."""
-        from pixelwise.data.transforms import to_tensor
-
-        bank, opts = self.model.features, self.options
-        if bank is None or opts.jitter > 0:
-            return None
-        if stem in self._features:
-            return self._features[stem]
-        h, w, size = image.shape[0], image.shape[1], opts.crop
-        kept = sum(f.numel() * 2 for f in self._features.values())
-        if (
-            kept + 2 * bank.out_channels * max(h, size) * max(w, size)
-            > opts.feature_cache_mb * 2**20
-        ):
-            return None
-        if h < size or w < size:
-            image = np.pad(image, ((0, max(0, size - h)), (0, max(0, size - w)), (0, 0)), "edge")
-        x = to_tensor(np.ascontiguousarray(image), self.mean, self.std)[None].to(self.device)
-        with torch.no_grad():  # tall images go strip by strip (FilterBank.forward)
-            self._features[stem] = bank(x)[0].to("cpu", torch.float16)
-        return self._features[stem]
 
     def _augment(self, image: np.ndarray, mask: np.ndarray, feats: torch.Tensor | None):
         """Flips, quarter turns and jitter of a crop; ``feats (F, H, W)`` (the fixed features
