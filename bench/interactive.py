@@ -13,8 +13,8 @@ labels a disc of radius ``--radius`` px (3) with the true class of its centre, r
 the pixels of that class (the annotator does not paint over the boundary). The clicks go
 through :class:`pixelwise.label.project.Project` exactly as the page's strokes do, and between
 rounds :class:`pixelwise.label.trainer.Trainer` (the page's trainer, its default model: a
-``unet_same`` of depth 3 and 8 base channels, AdamW, crops of 128 px around labelled pixels,
-masked cross-entropy) trains for ``--round-seconds`` of CPU time (``time.thread_time`` of the
+``unet_same`` of depth 3 and 8 base channels with ilastik's filter bank at its input, AdamW,
+steps of 16 crops of 64 px around labelled pixels, masked cross-entropy) trains for ``--round-seconds`` of CPU time (``time.thread_time`` of the
 one torch thread) and publishes its checkpoint. After each round the published model is scored
 on held-out images (mean IoU over the classes; not counted in the wall time).
 
@@ -39,8 +39,9 @@ test 01-05; background / vessel, pixels outside the field of view ignored), digi
 10 training scenes 96-128 px, held out: 10 validation scenes; 11 classes).
 
 ``--latency``: the page's server (uvicorn, real HTTP) with the trainer running on ISBI, strokes
-sent at a person's pace: the stroke-to-saved latency (request sent to atomic save answered) and
-the interval between new predictions arriving at a polling page, p50 / p95.
+sent at a person's pace: the stroke-to-saved latency (request sent to atomic save answered), the
+interval between new predictions arriving at a polling page and the time one such prediction of
+the open image takes to fetch, p50 / p95.
 
 ``--screenshot PNG``: the page in chromium on ISBI slices, strokes drawn with the mouse on the
 open image and a few on others, the live model trained for ``--shot-seconds``, then captured.
@@ -706,7 +707,7 @@ def latency(args, say) -> dict[str, Any]:
     app = create_label_app(images, data["classes"], tmp / "project", options=opts)
     url, server, thread = serve(app)
     rng = np.random.default_rng(args.seed)
-    saves, refresh, stop = [], [], threading.Event()
+    saves, refresh, fetches, stop = [], [], [], threading.Event()
     open_stem = data["pool"][0][0]
 
     def page_poller():  # what the page does: poll the status, fetch each new prediction
@@ -715,8 +716,10 @@ def latency(args, say) -> dict[str, Any]:
             _, body, _ = http(f"{url}/api/status?name={open_stem}")
             version = json.loads(body)["trainer"]["version"]
             if version > shown:
+                t0 = time.monotonic()
                 http(f"{url}/api/prediction/{open_stem}")
                 now = time.monotonic()
+                fetches.append(now - t0)
                 if last is not None:
                     refresh.append(now - last)
                 shown, last = version, now
@@ -749,6 +752,7 @@ def latency(args, say) -> dict[str, Any]:
     result = {
         "stroke_to_saved": _percentiles(saves),
         "prediction_refresh_interval": _percentiles(refresh),
+        "prediction_fetch": _percentiles(fetches),
         "settings": {"publish_every_s": args.publish_every, "page_poll_s": args.poll,
                      "stroke_pause_s": args.stroke_pause, "seconds": args.latency_seconds,
                      "threads": args.threads, "image": "ISBI 512x512"},

@@ -389,19 +389,21 @@ class Trainer:
         weights: torch.Tensor,
     ) -> None:
         self.model.train()
-        x = x.to(self.device)
+        x, y, weights = x.to(self.device), y.to(self.device), weights.to(self.device)
         if feats is None:
             logits = forward_full(self.model, x)
         else:  # the cached fixed features of the crops (a filter-bank model: border 0)
             logits = self.model(x, features=feats.to(self.device, torch.float32))
-        loss = pixel_cross_entropy(logits, y.to(self.device), class_weights=weights.to(self.device))
-        if self.options.pseudo_weight > 0 and self.averaged is not None:
-            pseudo = self._pseudo_labels(x, y.to(self.device), feats)
-            extra = pixel_cross_entropy(logits, pseudo, class_weights=weights.to(self.device))
-            loss = loss + self.options.pseudo_weight * extra
-        if self.options.crf_weight > 0:
-            crf = crf_loss(logits, raw.to(self.device), sigma_color=self.options.crf_color)
-            loss = loss + self.options.crf_weight * crf
+        loss = pixel_cross_entropy(logits, y, class_weights=weights)
+        opts = self.options
+        if opts.pseudo_weight > 0 and self.averaged is not None and bool((y == ERASE).any()):
+            pseudo = self._pseudo_labels(x, y, feats)  # (dense labels leave nothing to add)
+            loss = loss + opts.pseudo_weight * pixel_cross_entropy(
+                logits, pseudo, class_weights=weights
+            )
+        if opts.crf_weight > 0:
+            crf = crf_loss(logits, raw.to(self.device), sigma_color=opts.crf_color)
+            loss = loss + opts.crf_weight * crf
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
