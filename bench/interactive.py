@@ -77,9 +77,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from pixelwise.data.io import read_image, read_mask, write_image  # noqa: E402
+from pixelwise.errors import ConfigError  # noqa: E402
 from pixelwise.label.project import ERASE, Project  # noqa: E402
 from pixelwise.label.trainer import Trainer, TrainerOptions  # noqa: E402
 from pixelwise.metrics import confusion_matrix, scores  # noqa: E402
+from pixelwise.training.config import parse_key_values  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "bench" / "results"
@@ -179,17 +181,16 @@ def new_project(tmp: Path, data: dict[str, Any], tag: str) -> Project:
 
 
 def trainer_options(args, **extra: Any) -> TrainerOptions:
-    """The page's defaults, with ``--set KEY=VALUE`` overrides (for experiments)."""
-    opts = TrainerOptions(threads=args.threads, device="cpu", seed=args.seed, **extra)
-    for item in args.set:  # JSON values: 2e-3, true, {"depth": 4}
-        key, _, value = item.partition("=")
-        if not hasattr(opts, key):
-            raise SystemExit(f"--set {item!r}: no trainer option {key!r} (TrainerOptions)")
-        try:
-            setattr(opts, key, type(getattr(opts, key))(json.loads(value)))
-        except (ValueError, TypeError):
-            raise SystemExit(f"--set {item!r}: the value must be JSON, e.g. 2e-3 or true") from None
-    return opts
+    """The page's defaults, with ``--set KEY=VALUE`` overrides (for experiments; the same
+    options and checks as ``pixelwise label --trainer``)."""
+    overrides: dict[str, Any] = {}
+    try:
+        for item in args.set:  # JSON values: 2e-3, true, {"depth": 4}
+            overrides.update(parse_key_values(item, "--set", "ema=0.99"))
+        base = {"threads": args.threads, "device": "cpu", "seed": args.seed, **extra}
+        return TrainerOptions.with_overrides(overrides, **base)
+    except ConfigError as err:
+        raise SystemExit(str(err).replace("--trainer", "--set")) from None
 
 
 def new_trainer(project: Project, args) -> Trainer:

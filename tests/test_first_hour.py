@@ -145,3 +145,43 @@ def test_label_command_bad_inputs_are_one_line(tmp_path, capsys):
     code = main(["label", str(photos), "--classes", "a,a", "--out", str(tmp_path / "p")])
     err = _err_lines(capsys)
     assert code == 2 and len(err) == 1 and "a" in err[0], err
+
+
+def test_label_trainer_settings_are_checked_before_anything_is_written(tmp_path, capsys):
+    """``--trainer KEY=VALUE``: an unknown key names the options, a bad value names its bound,
+    and the project folder is not created."""
+    photos = tmp_path / "photos"
+    messy.save(photos / "p0.png", messy.image_for(messy.clean_mask(0), 0))
+    out = tmp_path / "p"
+    for setting, words in (
+        ("bogus=1", "rotate90"),
+        ("crop=2", "at least 8"),
+        ("rotate90=1", "true or false"),
+        ("rotate90", "KEY=VALUE"),
+    ):
+        args = ["label", str(photos), "--classes", "a,b", "--out", str(out), "--trainer", setting]
+        code = main(args)
+        err = _err_lines(capsys)
+        assert code == 2 and len(err) == 1 and words in err[0], (setting, err)
+        assert not out.exists()
+
+
+def test_label_trainer_settings_reach_the_trainer(tmp_path, monkeypatch, capsys):
+    import pixelwise.label.app as app
+    from pixelwise.errors import ConfigError
+
+    seen = {}
+
+    def stop(*_args, options, **_kw):  # record what the page would get, start nothing
+        seen["options"] = options
+        raise ConfigError("stopped here")
+
+    monkeypatch.setattr(app, "create_label_app", stop)
+    photos = tmp_path / "photos"
+    messy.save(photos / "p0.png", messy.image_for(messy.clean_mask(0), 0))
+    args = ["label", str(photos), "--classes", "a,b", "--out", str(tmp_path / "p")]
+    args += ["--threads", "1", "--trainer", "rotate90=true", "--trainer", "pseudo-weight=0.2"]
+    assert main(args) == 2 and "stopped here" in _err_lines(capsys)[0]
+    options = seen["options"]
+    assert options.rotate90 is True and options.pseudo_weight == 0.2 and options.threads == 1
+    assert options.crop == app.TrainerOptions().crop  # the rest: the defaults

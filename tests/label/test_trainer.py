@@ -416,3 +416,34 @@ def test_self_training_labels_only_confident_unlabelled_pixels(tmp_path):
         assert 0 < sure.sum() < (y == ERASE).sum()
     finally:
         project.close()
+
+
+def test_options_are_checked_on_construction():
+    """Each field's type and bounds (its metadata) are checked; the error names the field."""
+    with pytest.raises(ConfigError, match="lr=0"):
+        TrainerOptions(lr=0)
+    with pytest.raises(ConfigError, match="pseudo_threshold=1.5: must be at most 1"):
+        TrainerOptions(pseudo_threshold=1.5)
+    with pytest.raises(ConfigError, match="batch_size=2.5: must be an integer"):
+        TrainerOptions(batch_size=2.5)
+    with pytest.raises(ConfigError, match="no such trainer option; the options: model, "):
+        TrainerOptions.with_overrides({"learning_rate": 1e-3})
+    opts = TrainerOptions.with_overrides({"model_args": {"depth": 2}, "lr": 1}, threads=None)
+    assert opts.model_args == {"depth": 2} and opts.lr == 1 and opts.threads is None
+    assert TrainerOptions().model_args is not TrainerOptions().model_args  # not shared
+
+
+def test_the_docs_table_lists_every_option_with_its_default():
+    """docs/labeling.md's table of ``--trainer`` settings is the fields' (names, defaults)."""
+    import dataclasses
+    import json
+    import re
+    from pathlib import Path
+
+    docs = (Path(__file__).parents[2] / "docs" / "labeling.md").read_text()
+    rows = re.findall(r"^\| `(\w+)` \| `([^`]*)` \| (.*) \|$", docs, re.M)
+    expected = [
+        (f.name, json.dumps(getattr(TrainerOptions(), f.name)), f.metadata["help"])
+        for f in dataclasses.fields(TrainerOptions)
+    ]
+    assert rows == expected

@@ -348,6 +348,9 @@ def cmd_label(args: argparse.Namespace) -> int:
             f"pixelwise label needs starlette and uvicorn ({err}); "
             "install them with: pip install 'pixelwise[serve]'"
         ) from None
+    trainer: dict[str, object] = {}
+    for item in args.trainer:
+        trainer.update(parse_key_values(item, "--trainer", "rotate90=true"))
     run_label_server(
         args.images,
         args.classes,
@@ -358,5 +361,6 @@ def cmd_label(args: argparse.Namespace) -> int:
         log=log,
         threads=args.engine_threads,
         device=args.device,
+        trainer=trainer,
     )
     return 0

@@ -581,3 +581,12 @@ def _add_label(sub: Any) -> None:
     _add(p, "--port", type=int, default=8000, help="port")
     _add(p, "--device", default="auto", help=DEVICE_HELP)
     _add_threads(p)
+    p.add_argument(
+        "--trainer",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a setting of the live model's training, repeatable, VALUE as JSON: e.g. "
+        "rotate90=true (orientation-free images), crop=96, lr=1e-3, pseudo_weight=0.2; "
+        "docs/labeling.md lists them all with their defaults",
+    )

@@ -374,16 +374,19 @@ def run_label_server(
     *,
     threads: int | None = None,
     device: str = "auto",
+    trainer: dict[str, Any] | None = None,
 ) -> None:
     """Serve the labeling page of ``project`` until interrupted (blocks); see
-    :func:`create_label_app`. ``threads``: torch threads of the trainer; ``log`` gets one-line
-    notices (the project, skipped images, the model, the address)."""
+    :func:`create_label_app`. ``threads``: torch threads of the trainer; ``trainer``:
+    :class:`TrainerOptions` fields to set (``--trainer KEY=VALUE``, checked before anything is
+    written); ``log`` gets one-line notices (the project, skipped images, the model, the
+    address)."""
     import uvicorn
 
     if not 0 <= port <= 65535:
         raise ConfigError(f"--port: must be in 0..65535, got {port}")
     say = log or (lambda _m: None)
-    options = TrainerOptions(threads=threads, device=device)
+    options = TrainerOptions.with_overrides(trainer or {}, threads=threads, device=device)
     app = create_label_app(images_dir, classes, project, run, options=options, log=say)
     try:
         if host not in LOOPBACK:

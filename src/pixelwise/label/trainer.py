@@ -23,12 +23,15 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import math
 import threading
 import time
+import types
+import typing
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -51,47 +54,114 @@ __all__ = ["LiveModel", "Prediction", "Trainer", "TrainerOptions", "mean_entropy
 Log = Callable[[str], None]
 
 
+def _opt(default: Any, help: str, **limits: float) -> Any:
+    """A :class:`TrainerOptions` field: its default, its help (``pixelwise label --help`` and
+    docs/labeling.md show it) and its bounds (``ge``, ``gt``, ``le``, ``lt``)."""
+    meta = {"help": help, **limits}
+    if isinstance(default, dict):
+        return field(default_factory=lambda: dict(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 @dataclass
 class TrainerOptions:
     """How the live model trains. The defaults suit a CPU: a U-Net of 8-16-32 channels (64 at
     the bottom) whose first convolution also sees ilastik's 48 filter-bank features per image
     channel (``filter_bank``, cached per image); steps of 16 crops of 64 pixels, which cost
     what 4 crops of 128 cost and carry about four times the clicks (each crop holds a labelled
-    pixel; sparse labels leave most of a large crop without loss)."""
+    pixel; sparse labels leave most of a large crop without loss). Every field is checked on
+    construction (:class:`ConfigError` naming it); ``pixelwise label --trainer KEY=VALUE``
+    sets any of them (:meth:`with_overrides`)."""
 
-    model: str = "unet_same"
-    model_args: dict[str, Any] = field(
-        default_factory=lambda: {"depth": 3, "base_width": 8, "filter_bank": True}
+    model: str = _opt("unet_same", "the model of a new project (a pixelwise model name)")
+    model_args: dict[str, Any] = _opt(
+        {"depth": 3, "base_width": 8, "filter_bank": True}, "its keyword arguments (JSON)"
     )
-    width: float = 1.0
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    batch_size: int = 16
-    crop: int = 64
-    hflip: bool = True
-    rotate90: bool = False  # also vertical flips and quarter turns (orientation-free images)
-    jitter: float = 0.0  # random contrast x(1 +- jitter) and brightness +-jitter (of 255)
-    balance: float = 0.5  # weigh classes by 1 / (their labelled pixels) ** balance; 0: off
-    #: weight of the CRF loss on every pixel of a crop (``losses.crf_loss``: neighbours of
-    #: similar colour take one label), which carries clicks to the image's edges; 0: off
-    crf_weight: float = 0.0
-    crf_color: float = 15.0  # its colour bandwidth (intensity units of 0-255 images)
-    #: weight of self-training: the unlabelled pixels of each crop on which the published
-    #: average is at least ``pseudo_threshold`` sure take its class as a label (mean teacher);
-    #: 0: off
-    pseudo_weight: float = 0.0
-    pseudo_threshold: float = 0.95
-    ema: float = 0.95  # publish an exponential moving average of the weights (0: the weights)
-    publish_every: float = 5.0  # seconds of training between checkpoints
-    score_seconds: float = 1.0  # after each checkpoint: time spent scoring unlabelled images
-    score_pixels: int = 1_000_000  # larger images are scored shrunk to about this many pixels
-    tile: int = 1024  # predictions of images over this side go tile by tile
-    #: a model with fixed input features (``unet_same(filter_bank=True)``) has them computed
-    #: once per labelled image and kept, up to this many MiB (float16); beyond, per crop
-    feature_cache_mb: int = 2048
-    threads: int | None = None  # torch threads (None: torch's default)
-    device: str = "auto"
-    seed: int = 0
+    width: float = _opt(1.0, "its channel multiplier", gt=0)
+    lr: float = _opt(2e-3, "AdamW's learning rate", gt=0)
+    weight_decay: float = _opt(1e-4, "AdamW's weight decay", ge=0)
+    batch_size: int = _opt(16, "crops per step", ge=1)
+    crop: int = _opt(64, "crop side in pixels (each crop holds a labelled pixel)", ge=8)
+    hflip: bool = _opt(True, "random left-right flips")
+    rotate90: bool = _opt(False, "also vertical flips and quarter turns (orientation-free images)")
+    jitter: float = _opt(
+        0.0, "random contrast x(1 +- jitter) and brightness +-jitter (of 255)", ge=0, lt=1
+    )
+    balance: float = _opt(0.5, "weigh classes by 1 / (their labelled pixels) ** balance", ge=0)
+    crf_weight: float = _opt(
+        0.0,
+        "weight of the CRF loss on every pixel of a crop (losses.crf_loss: neighbours of "
+        "similar colour take one label), which carries clicks to the image's edges; 0: off",
+        ge=0,
+    )
+    crf_color: float = _opt(15.0, "its colour bandwidth (intensities of 0-255 images)", gt=0)
+    pseudo_weight: float = _opt(
+        0.0,
+        "weight of self-training: the unlabelled pixels of each crop on which the published "
+        "average is at least pseudo_threshold sure take its class as a label; 0: off",
+        ge=0,
+    )
+    pseudo_threshold: float = _opt(0.95, "its confidence threshold", gt=0, le=1)
+    ema: float = _opt(
+        0.95, "publish a moving average of the weights with this decay (0: the weights)", ge=0, lt=1
+    )
+    publish_every: float = _opt(5.0, "seconds of training between checkpoints", gt=0)
+    score_seconds: float = _opt(1.0, "seconds spent scoring unlabelled images per checkpoint", ge=0)
+    score_pixels: int = _opt(
+        1_000_000, "larger images are scored for 'next' shrunk to about this many pixels", ge=64
+    )
+    tile: int = _opt(1024, "predictions of images over this side go tile by tile", ge=64)
+    feature_cache_mb: int = _opt(
+        2048,
+        "MiB of float16 filter-bank features kept (computed once per labelled image; past "
+        "this, per crop)",
+        ge=0,
+    )
+    threads: int | None = _opt(None, "torch threads (none: torch's default)", ge=1)
+    device: str = _opt("auto", "auto, cpu, cuda or cuda:N")
+    seed: int = _opt(0, "seed of the crops and the new model")
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(TrainerOptions)
+        for f in fields(self):
+            _check_option(f.name, getattr(self, f.name), hints[f.name], f.metadata)
+
+    @classmethod
+    def with_overrides(cls, overrides: dict[str, Any], **base: Any) -> TrainerOptions:
+        """``TrainerOptions(**base)`` with ``overrides`` (``pixelwise label --trainer``) set;
+        an unknown key is a :class:`ConfigError` naming the known ones."""
+        names = [f.name for f in fields(cls)]
+        for key in overrides:
+            if key not in names:
+                raise ConfigError(
+                    f"--trainer {key}: no such trainer option; the options: {', '.join(names)}"
+                )
+        return cls(**{**base, **overrides})
+
+
+def _check_option(name: str, value: Any, hint: Any, meta: Any) -> None:
+    """One-line :class:`ConfigError` unless ``value`` has the field's type and bounds."""
+    optional = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    if optional and value is None:
+        return
+    kind = [k for k in typing.get_args(hint) if k is not type(None)][0] if optional else hint
+    kind = typing.get_origin(kind) or kind  # dict[str, Any] -> dict
+    ok = isinstance(value, kind) and not (isinstance(value, bool) and kind is not bool)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        ok = True
+    shown = f"--trainer {name}={json.dumps(value, default=str)}"
+    if not ok:
+        words = {bool: "true or false", int: "an integer", float: "a number", str: "a text"}
+        want = words.get(kind, 'a JSON object, e.g. {"depth": 4}')
+        raise ConfigError(f"{shown}: must be {want}")
+    for key, test, words in (
+        ("ge", lambda v, b: v >= b, "at least"),
+        ("gt", lambda v, b: v > b, "more than"),
+        ("le", lambda v, b: v <= b, "at most"),
+        ("lt", lambda v, b: v < b, "less than"),
+    ):
+        if key in meta and not test(value, meta[key]):
+            raise ConfigError(f"{shown}: must be {words} {meta[key]:g}")
 
 
 @dataclass
