@@ -447,30 +447,3 @@ def test_the_docs_table_lists_every_option_with_its_default():
         for f in dataclasses.fields(TrainerOptions)
     ]
     assert rows == expected
-
-
-def test_class_balanced_self_training_keeps_each_classs_most_confident_portion(tmp_path):
-    """``pseudo_portion``: per predicted class, the most confident half of its unlabelled
-    pixels becomes labels, whatever the threshold (a minority class keeps its share)."""
-    images = halves(tmp_path / "in", n=1)
-    project = Project.open(images, "dark,bright", tmp_path / "proj")
-    try:
-        label_halves(project)
-        torch.manual_seed(0)
-        options = TrainerOptions(**FAST, pseudo_weight=1.0, pseudo_portion=0.5, seed=3)
-        trainer = Trainer(project, options=options)
-        trainer.train_for(20, clock=iter(range(10**6)).__next__)
-        x, y, _, feats = trainer._batch()
-        pseudo = trainer._pseudo_labels(x, y, feats)
-        with torch.no_grad():
-            conf, teacher = torch.softmax(trainer.averaged.module(x), 1).max(1)
-        free = y == ERASE
-        assert (pseudo[~free] == ERASE).all()
-        for c in teacher[free].unique():
-            mine = free & (teacher == c)
-            kept = mine & (pseudo == c)
-            assert abs(int(kept.sum()) - int(mine.sum()) / 2) <= 1 + 0.01 * int(mine.sum())
-            if (mine & ~kept).any():
-                assert conf[kept].min() >= conf[mine & ~kept].max()
-    finally:
-        project.close()

@@ -102,13 +102,6 @@ class TrainerOptions:
         ge=0,
     )
     pseudo_threshold: float = _opt(0.95, "its confidence threshold", gt=0, le=1)
-    pseudo_portion: float = _opt(
-        0.0,
-        "instead of the threshold: per class, this most confident portion of the pixels the "
-        "average predicts as that class (class-balanced self-training); 0: the threshold",
-        ge=0,
-        le=1,
-    )
     ema: float = _opt(
         0.95, "publish a moving average of the weights with this decay (0: the weights)", ge=0, lt=1
     )
@@ -501,16 +494,7 @@ class Trainer:
         else:
             logits = teacher(x, features=feats.to(self.device, torch.float32))
         conf, labels = torch.softmax(logits.float(), 1).max(1)
-        free = y == ERASE
-        portion = self.options.pseudo_portion
-        if portion > 0:  # per class: its most confident pixels (class-balanced, CBST)
-            cut = torch.ones_like(conf)
-            for c in labels[free].unique():
-                mine = free & (labels == c)
-                cut[labels == c] = torch.quantile(conf[mine], 1 - portion)
-            keep = free & (conf >= cut)
-        else:
-            keep = free & (conf >= self.options.pseudo_threshold)
+        keep = (y == ERASE) & (conf >= self.options.pseudo_threshold)
         return torch.where(keep, labels, torch.full_like(labels, ERASE))
 
     def _class_weights(self) -> torch.Tensor:
