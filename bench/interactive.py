@@ -218,6 +218,7 @@ def interactive(data: dict[str, Any], args, tmp: Path, say) -> tuple[list, list]
     try:
         for r in range(args.clicks):
             t0 = time.monotonic()
+            by_class = [0] * n  # this round's clicks by their true class
             for stem, _, gt in data["pool"]:
                 pred = trainer.live.predict(stem, project)
                 found = next_click(
@@ -228,6 +229,7 @@ def interactive(data: dict[str, Any], args, tmp: Path, say) -> tuple[list, list]
                 index = click_disc(gt, *found, args.radius)
                 project.set_pixels(stem, index, gt.reshape(-1)[index])
                 clicks.append({"stem": stem, "round": r, "yx": found, "index": index})
+                by_class[int(gt[found])] += 1
             c0 = time.thread_time()
             trainer.train_for(args.round_seconds, clock=time.thread_time)
             trainer.publish()
@@ -236,6 +238,7 @@ def interactive(data: dict[str, Any], args, tmp: Path, say) -> tuple[list, list]
             row = {"clicks_per_image": r + 1, "clicks": len(clicks), "wall_s": round(wall, 2),
                    "train_cpu_s": round(cpu, 2), "steps": trainer.steps,
                    "labelled_pixels": int(project.class_counts().sum()),
+                   "clicks_by_class": by_class,
                    **evaluate(trainer, data["heldout"], n)}  # fmt: skip
             rows.append(row)
             say(f"  {data['name']} round {r + 1}: {row['clicks']} clicks, mIoU {row['miou']:.4f}, "
