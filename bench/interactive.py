@@ -312,8 +312,6 @@ def ilastik_features(image: np.ndarray) -> np.ndarray:
 
 def random_forest(data: dict[str, Any], clicks: list, args, say) -> list:
     """The forest trained on the clicks of the first k rounds, for k in ``--rf-at``."""
-    from sklearn.ensemble import RandomForestClassifier
-
     t0 = time.monotonic()
     xs, ys, rounds = [], [], []
     for stem, image, gt in data["pool"]:
@@ -331,7 +329,7 @@ def random_forest(data: dict[str, Any], clicks: list, args, say) -> list:
     forests = {}
     for k in points:
         t1 = time.monotonic()
-        rf = RandomForestClassifier(n_estimators=100, n_jobs=1, random_state=args.seed)
+        rf = new_forest(args.seed)
         keep = rnd < k
         rf.fit(x[keep], y[keep])
         forests[k] = (rf, time.monotonic() - t1, int(keep.sum()))
@@ -345,6 +343,13 @@ def random_forest(data: dict[str, Any], clicks: list, args, say) -> list:
                      "pixel_accuracy": s["pixel_accuracy"]})  # fmt: skip
         say(f"  {data['name']} random forest, {k} clicks/image: mIoU {s['mean_iou']:.4f}")
     return rows
+
+
+def new_forest(seed: int):
+    """ilastik's pixel classifier: a random forest of 100 trees, one core."""
+    from sklearn.ensemble import RandomForestClassifier
+
+    return RandomForestClassifier(n_estimators=100, n_jobs=1, random_state=seed)
 
 
 def heldout_features(data: dict[str, Any]) -> list[np.ndarray]:
@@ -368,8 +373,6 @@ def forest_scores(rf, data: dict[str, Any], held: list[np.ndarray]) -> dict[str,
 def forest_loop(data: dict[str, Any], args, say) -> list:
     """ilastik's own loop (``--forest-loop``): the same annotator clicks where the *forest* is
     wrong, the forest is refitted after each round, scored at ``--rf-at``."""
-    from sklearn.ensemble import RandomForestClassifier
-
     pool = {
         stem: ilastik_features(im).reshape(-1, 48 * im.shape[2]) for stem, im, _ in data["pool"]
     }
@@ -385,7 +388,7 @@ def forest_loop(data: dict[str, Any], args, say) -> list:
             labelled[stem].reshape(-1)[index] = True
             xs.append(pool[stem][index])
             ys.append(gt.reshape(-1)[index])
-        rf = RandomForestClassifier(n_estimators=100, n_jobs=1, random_state=args.seed)
+        rf = new_forest(args.seed)
         rf.fit(np.concatenate(xs), np.concatenate(ys))
         if r + 1 in args.rf_at:
             s = forest_scores(rf, data, held)

@@ -31,7 +31,7 @@ import types
 import typing
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -48,19 +48,11 @@ from pixelwise.losses import crf_loss, pixel_cross_entropy
 from pixelwise.models import build
 from pixelwise.predict import Segmenter, forward_full, resolve_device
 from pixelwise.runs import RUN_FORMAT, load_run, publish_checkpoint, save_checkpoint
+from pixelwise.training.config import is_finite_number, opt
 
 __all__ = ["LiveModel", "Prediction", "Trainer", "TrainerOptions", "mean_entropy"]
 
 Log = Callable[[str], None]
-
-
-def _opt(default: Any, help: str, **limits: float) -> Any:
-    """A :class:`TrainerOptions` field: its default, its help (``pixelwise label --help`` and
-    docs/labeling.md show it) and its bounds (``ge``, ``gt``, ``le``, ``lt``)."""
-    meta = {"help": help, **limits}
-    if isinstance(default, dict):
-        return field(default_factory=lambda: dict(default), metadata=meta)
-    return field(default=default, metadata=meta)
 
 
 @dataclass
@@ -73,53 +65,53 @@ class TrainerOptions:
     construction (:class:`ConfigError` naming it); ``pixelwise label --trainer KEY=VALUE``
     sets any of them (:meth:`with_overrides`)."""
 
-    model: str = _opt("unet_same", "the model of a new project (a pixelwise model name)")
-    model_args: dict[str, Any] = _opt(
+    model: str = opt("unet_same", "the model of a new project (a pixelwise model name)")
+    model_args: dict[str, Any] = opt(
         {"depth": 3, "base_width": 8, "filter_bank": True}, "its keyword arguments (JSON)"
     )
-    width: float = _opt(1.0, "its channel multiplier", gt=0)
-    lr: float = _opt(2e-3, "AdamW's learning rate", gt=0)
-    weight_decay: float = _opt(1e-4, "AdamW's weight decay", ge=0)
-    batch_size: int = _opt(16, "crops per step", ge=1)
-    crop: int = _opt(64, "crop side in pixels (each crop holds a labelled pixel)", ge=8)
-    hflip: bool = _opt(True, "random left-right flips")
-    rotate90: bool = _opt(False, "also vertical flips and quarter turns (orientation-free images)")
-    jitter: float = _opt(
+    width: float = opt(1.0, "its channel multiplier", gt=0)
+    lr: float = opt(2e-3, "AdamW's learning rate", gt=0)
+    weight_decay: float = opt(1e-4, "AdamW's weight decay", ge=0)
+    batch_size: int = opt(16, "crops per step", ge=1)
+    crop: int = opt(64, "crop side in pixels (each crop holds a labelled pixel)", ge=8)
+    hflip: bool = opt(True, "random left-right flips")
+    rotate90: bool = opt(False, "also vertical flips and quarter turns (orientation-free images)")
+    jitter: float = opt(
         0.0, "random contrast x(1 +- jitter) and brightness +-jitter (of 255)", ge=0, lt=1
     )
-    balance: float = _opt(0.5, "weigh classes by 1 / (their labelled pixels) ** balance", ge=0)
-    crf_weight: float = _opt(
+    balance: float = opt(0.5, "weigh classes by 1 / (their labelled pixels) ** balance", ge=0)
+    crf_weight: float = opt(
         0.0,
         "weight of the CRF loss on every pixel of a crop (losses.crf_loss: neighbours of "
         "similar colour take one label), which carries clicks to the image's edges; 0: off",
         ge=0,
     )
-    crf_color: float = _opt(15.0, "its colour bandwidth (intensities of 0-255 images)", gt=0)
-    pseudo_weight: float = _opt(
+    crf_color: float = opt(15.0, "its colour bandwidth (intensities of 0-255 images)", gt=0)
+    pseudo_weight: float = opt(
         0.0,
         "weight of self-training: the unlabelled pixels of each crop on which the published "
         "average is at least pseudo_threshold sure take its class as a label; 0: off",
         ge=0,
     )
-    pseudo_threshold: float = _opt(0.95, "its confidence threshold", gt=0, le=1)
-    ema: float = _opt(
+    pseudo_threshold: float = opt(0.95, "its confidence threshold", gt=0, le=1)
+    ema: float = opt(
         0.95, "publish a moving average of the weights with this decay (0: the weights)", ge=0, lt=1
     )
-    publish_every: float = _opt(5.0, "seconds of training between checkpoints", gt=0)
-    score_seconds: float = _opt(1.0, "seconds spent scoring unlabelled images per checkpoint", ge=0)
-    score_pixels: int = _opt(
+    publish_every: float = opt(5.0, "seconds of training between checkpoints", gt=0)
+    score_seconds: float = opt(1.0, "seconds spent scoring unlabelled images per checkpoint", ge=0)
+    score_pixels: int = opt(
         1_000_000, "larger images are scored for 'next' shrunk to about this many pixels", ge=64
     )
-    tile: int = _opt(1024, "predictions of images over this side go tile by tile", ge=64)
-    feature_cache_mb: int = _opt(
+    tile: int = opt(1024, "predictions of images over this side go tile by tile", ge=64)
+    feature_cache_mb: int = opt(
         2048,
         "MiB of float16 filter-bank features kept (computed once per labelled image; past "
         "this, per crop)",
         ge=0,
     )
-    threads: int | None = _opt(None, "torch threads (none: torch's default)", ge=1)
-    device: str = _opt("auto", "auto, cpu, cuda or cuda:N")
-    seed: int = _opt(0, "seed of the crops and the new model")
+    threads: int | None = opt(None, "torch threads (none: torch's default)", ge=1)
+    device: str = opt("auto", "auto, cpu, cuda or cuda:N")
+    seed: int = opt(0, "seed of the crops and the new model")
 
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(TrainerOptions)
@@ -147,11 +139,11 @@ def _check_option(name: str, value: Any, hint: Any, meta: Any) -> None:
     kind = [k for k in typing.get_args(hint) if k is not type(None)][0] if optional else hint
     kind = typing.get_origin(kind) or kind  # dict[str, Any] -> dict
     ok = isinstance(value, kind) and not (isinstance(value, bool) and kind is not bool)
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        ok = True
+    if kind is float:  # an int will do; NaN and infinity will not
+        ok = is_finite_number(value)
     shown = f"--trainer {name}={json.dumps(value, default=str)}"
     if not ok:
-        words = {bool: "true or false", int: "an integer", float: "a number", str: "a text"}
+        words = {bool: "true or false", int: "an integer", float: "a finite number", str: "a text"}
         want = words.get(kind, 'a JSON object, e.g. {"depth": 4}')
         raise ConfigError(f"{shown}: must be {want}")
     for key, test, words in (
@@ -197,6 +189,7 @@ class FeatureCache:
         self.budget = budget_mb * 2**20
         self.pad_to, self.device = pad_to, device
         self._kept: dict[str, torch.Tensor] = {}
+        self._bytes = 0  # of what is kept
         self._lock = threading.Lock()
 
     def peek(self, stem: str) -> torch.Tensor | None:
@@ -210,9 +203,7 @@ class FeatureCache:
         if have is not None:
             return have
         h, w, size = image.shape[0], image.shape[1], self.pad_to
-        with self._lock:
-            kept = sum(f.numel() * 2 for f in self._kept.values())
-        if kept + 2 * self.bank.out_channels * max(h, size) * max(w, size) > self.budget:
+        if self._bytes + 2 * self.bank.out_channels * max(h, size) * max(w, size) > self.budget:
             return None
         if h < size or w < size:
             image = np.pad(image, ((0, max(0, size - h)), (0, max(0, size - w)), (0, 0)), "edge")
@@ -220,7 +211,10 @@ class FeatureCache:
         with torch.no_grad():  # tall images go strip by strip (FilterBank.forward)
             feats = self.bank(x)[0].to("cpu", torch.float16)
         with self._lock:
-            return self._kept.setdefault(stem, feats)
+            if stem not in self._kept:
+                self._kept[stem] = feats
+                self._bytes += feats.numel() * feats.element_size()
+            return self._kept[stem]
 
     def __contains__(self, stem: str) -> bool:
         return self.peek(stem) is not None
@@ -273,11 +267,8 @@ class LiveModel:
             seg = Segmenter(model, self.classes, self.mean, self.std, self.in_channels, self.device)
             return torch.softmax(seg.logits(image, tile=self.tile).float(), 0).cpu()
         x = to_tensor(image, self.mean, self.std)[None].to(self.device)
-        if features is None:
-            logits = forward_full(model, x)
-        else:
-            logits = model(x, features=features[None, :, :h, :w].to(self.device, torch.float32))
-        return torch.softmax(logits[0].float(), 0).cpu()
+        feats = None if features is None else features[None, :, :h, :w]
+        return torch.softmax(_forward(model, x, feats)[0].float(), 0).cpu()
 
     def predict(self, stem: str, project: Project) -> Prediction | None:
         """The prediction of image ``stem`` under the current weights (cached); None before the
@@ -460,10 +451,7 @@ class Trainer:
     ) -> None:
         self.model.train()
         x, y, weights = x.to(self.device), y.to(self.device), weights.to(self.device)
-        if feats is None:
-            logits = forward_full(self.model, x)
-        else:  # the cached fixed features of the crops (a filter-bank model: border 0)
-            logits = self.model(x, features=feats.to(self.device, torch.float32))
+        logits = _forward(self.model, x, feats)
         loss = pixel_cross_entropy(logits, y, class_weights=weights)
         opts = self.options
         if opts.pseudo_weight > 0 and self.averaged is not None and bool((y == ERASE).any()):
@@ -488,11 +476,7 @@ class Trainer:
     ) -> torch.Tensor:
         """The published average's class on the unlabelled pixels of the crops ``x`` where its
         probability reaches ``pseudo_threshold``; 255 elsewhere and on labelled pixels."""
-        teacher = self.averaged.module.eval()
-        if feats is None:
-            logits = forward_full(teacher, x)
-        else:
-            logits = teacher(x, features=feats.to(self.device, torch.float32))
+        logits = _forward(self.averaged.module.eval(), x, feats)
         conf, labels = torch.softmax(logits.float(), 1).max(1)
         keep = (y == ERASE) & (conf >= self.options.pseudo_threshold)
         return torch.where(keep, labels, torch.full_like(labels, ERASE))
@@ -673,6 +657,14 @@ class Trainer:
             "origin": self.origin,
             "run": str(self.out),
         }
+
+
+def _forward(model: torch.nn.Module, x: torch.Tensor, feats: torch.Tensor | None) -> torch.Tensor:
+    """Logits of ``x``; ``feats``: the model's fixed features of ``x``, computed before (a
+    filter-bank model: border 0, so the plain call), else the model computes what it needs."""
+    if feats is None:
+        return forward_full(model, x)
+    return model(x, features=feats.to(x.device, torch.float32))
 
 
 def _ema_with_warmup(decay: float) -> Callable:
