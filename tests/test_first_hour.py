@@ -158,6 +158,8 @@ def test_label_trainer_settings_are_checked_before_anything_is_written(tmp_path,
         ("crop=2", "at least 8"),
         ("rotate90=1", "true or false"),
         ("rotate90", "KEY=VALUE"),
+        ("model=bogus", "unknown model"),
+        ('model_args={"depth": 3, "bogus": 1}', "no argument 'bogus'"),
     ):
         args = ["label", str(photos), "--classes", "a,b", "--out", str(out), "--trainer", setting]
         code = main(args)

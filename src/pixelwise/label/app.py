@@ -317,6 +317,8 @@ def create_label_app(
     ``app.state.label``; call its ``close()`` when the app is used without its lifespan.
     """
     say = log or (lambda _m: None)
+    options = options or TrainerOptions()
+    options.check_model()  # before the project is created or changed
     colors = None
     if run is not None:
         from pixelwise.runs import read_config

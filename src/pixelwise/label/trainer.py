@@ -118,6 +118,11 @@ class TrainerOptions:
         for f in fields(self):
             _check_option(f.name, getattr(self, f.name), hints[f.name], f.metadata)
 
+    def check_model(self) -> None:
+        """Build the new-project model once (3 channels, 2 classes) so that a bad ``model`` or
+        ``model_args`` is a :class:`ConfigError` before any project file is written."""
+        build(self.model, 2, width=self.width, **self.model_args)
+
     @classmethod
     def with_overrides(cls, overrides: dict[str, Any], **base: Any) -> TrainerOptions:
         """``TrainerOptions(**base)`` with ``overrides`` (``pixelwise label --trainer``) set;
