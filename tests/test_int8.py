@@ -99,6 +99,49 @@ def test_int8_beyond_the_tolerance_is_refused_and_nothing_is_written(run, tmp_pa
     assert "--calibration-images" in capsys.readouterr().err
 
 
+def test_every_convolution_runs_in_int8_or_the_export_is_refused(
+    run, tmp_path, capsys, monkeypatch
+):
+    """A QDQ convolution that ONNX Runtime does not fuse runs as DequantizeLinear + float Conv +
+    QuantizeLinear, slower than the float file (onnxruntime 1.30's quantizer wrote such files on
+    an AVX-512 VNNI CPU: 2 of 19 convolutions fused, int8 0.5-0.8x the float speed)."""
+    import onnxruntime.quantization as q
+
+    from pixelwise.cli import main
+    from pixelwise.export import export_run
+    from pixelwise.export_formats import int8_convolutions, quantize_onnx
+
+    fp32, int8 = tmp_path / "float.onnx", tmp_path / "int8.onnx"
+    export_run(run, fp32, "onnx")
+    calibration = [np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)]
+    quantize_onnx(fp32, int8, calibration)
+    fused, total = int8_convolutions(fp32, int8)
+    assert total > 3 and fused == total
+
+    # A quantizer that leaves one convolution in float: refused, named, nothing written.
+    import onnx
+
+    first_conv = next(n.name for n in onnx.load(str(fp32)).graph.node if n.op_type == "Conv")
+    real = q.quantize_static
+
+    def leaves_one(*args, **kwargs):
+        return real(*args, **kwargs, nodes_to_exclude=[first_conv])
+
+    monkeypatch.setattr(q, "quantize_static", leaves_one)
+    with pytest.raises(ConfigError, match=f"left 1 of {total} convolutions in float"):
+        quantize_onnx(fp32, tmp_path / "slow.onnx", calibration)
+    assert not (tmp_path / "slow.onnx").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".slow")] == []
+    out = tmp_path / "model.int8.onnx"
+    args = ["export", str(run), "--int8", "--out", str(out), "--calibration-images", "2", "-q"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert (
+        len(err.splitlines()) == 1 and "onnxruntime>=1.32" in err and "nothing was written" in err
+    )
+    assert not out.exists() and not (run / "best.int8.onnx").exists()
+
+
 def test_auto_times_the_engines_keeps_one_and_records_it(run):
     image = np.random.default_rng(0).integers(0, 256, (45, 61, 3), dtype=np.uint8)
     seg = Segmenter.from_run(run, device="cpu", engine="auto", threads=1)
