@@ -209,8 +209,9 @@ def evaluate(trainer: Trainer, heldout, num_classes: int) -> dict[str, Any]:
     return {"miou": s["mean_iou"], "iou": s["iou"], "pixel_accuracy": s["pixel_accuracy"]}
 
 
-def interactive(data: dict[str, Any], args, tmp: Path, say) -> tuple[list, list]:
-    """The clicking session: rows of scores per round and the clicks (stem, round, indices)."""
+def interactive(data: dict[str, Any], args, tmp: Path, say) -> tuple[list, list, list]:
+    """The clicking session: rows of scores per round, the clicks (stem, round, indices) and,
+    with ``--after``, the rows of the training that went on on the same clicks."""
     project = new_project(tmp, data, "clicks")
     trainer = new_trainer(project, args)
     rows, clicks, wall, cpu = [], [], 0.0, 0.0
@@ -243,9 +244,27 @@ def interactive(data: dict[str, Any], args, tmp: Path, say) -> tuple[list, list]
             rows.append(row)
             say(f"  {data['name']} round {r + 1}: {row['clicks']} clicks, mIoU {row['miou']:.4f}, "
                 f"{row['steps']} steps, wall {wall:.0f} s")  # fmt: skip
+        after = keep_training(trainer, data, args, say)
     finally:
         project.close()
-    return rows, clicks
+    return rows, clicks, after
+
+
+def keep_training(trainer: Trainer, data: dict[str, Any], args, say) -> list:
+    """``--after S``: no more clicks, ``S`` more CPU seconds of training on the same ones,
+    scored every ``--after-every`` seconds: is the model short of time or of labels?"""
+    rows, done = [], 0.0
+    while done < args.after - 1e-9:
+        chunk = min(args.after_every, args.after - done)
+        trainer.train_for(chunk, clock=time.thread_time)
+        trainer.publish()
+        done += chunk
+        row = {"extra_cpu_s": round(done, 2), "steps": trainer.steps,
+               **evaluate(trainer, data["heldout"], len(data["classes"]))}  # fmt: skip
+        rows.append(row)
+        say(f"  {data['name']} +{done:.0f} s CPU on the same clicks: mIoU {row['miou']:.4f}, "
+            f"{row['steps']} steps")  # fmt: skip
+    return rows
 
 
 def supervised(data: dict[str, Any], args, tmp: Path, say) -> list:
@@ -412,7 +431,7 @@ def run_dataset(name: str, args, say) -> dict[str, Any] | None:
     load_before = os.getloadavg()
     tmp = Path(tempfile.mkdtemp(prefix=f"interactive-{name}-"))
     try:
-        rows, clicks = interactive(data, args, tmp, say)
+        rows, clicks, after = interactive(data, args, tmp, say)
         rf = random_forest(data, clicks, args, say)
         sup = supervised(data, args, tmp, say)
     finally:
@@ -433,6 +452,8 @@ def run_dataset(name: str, args, say) -> dict[str, Any] | None:
         "random_forest": rf,
         "supervised": sup,
     }  # fmt: skip
+    if after:
+        result["pixelwise_after"] = after
     result["summary"] = summary(result)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"interactive_{name}_seed{args.seed}.json").write_text(
@@ -882,6 +903,11 @@ def main() -> None:
     ap.add_argument(
         "--rf-at", default="1,2,5,10,20", help="clicks per image where the forest is scored"
     )
+    ap.add_argument(
+        "--after", type=float, default=0.0,
+        help="then train this many more CPU seconds on the same clicks, scoring as it goes",
+    )  # fmt: skip
+    ap.add_argument("--after-every", type=float, default=25.0, help="score --after every S s")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--latency", action="store_true", help="measure the server under training load")

@@ -459,6 +459,7 @@ def int8_convolutions(source: str | Path, quantized: str | Path) -> tuple[int, i
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = 1
+    options.log_severity_level = 3  # not the warning that an optimised graph is machine-specific
     with tempfile.TemporaryDirectory(prefix="pixelwise-int8-graph-") as tmp:
         options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
         ort.InferenceSession(str(quantized), options, providers=["CPUExecutionProvider"])
