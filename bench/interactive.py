@@ -39,6 +39,10 @@ Datasets (from ``../shared/data``, skipped when absent; the digits are embedded)
 test 01-05; background / vessel, pixels outside the field of view ignored), digits scenes (pool:
 10 training scenes 96-128 px, held out: 10 validation scenes; 11 classes).
 
+``--after S``: after the last round, ``S`` more CPU seconds of training on the same clicks,
+scored every ``--after-every`` seconds (``pixelwise_after`` in the JSON): is the model short of
+training time or of labels?
+
 ``--latency``: the page's server (uvicorn, real HTTP) with the trainer running on ISBI, strokes
 sent at a person's pace: the stroke-to-saved latency (request sent to atomic save answered), the
 interval between new predictions arriving at a polling page and the time one such prediction of
