@@ -393,6 +393,9 @@ def quantize_onnx(
     ops, fused by ONNX Runtime) or ``qoperator`` (QLinearConv etc. written directly). Ops
     without an int8 kernel (ConvTranspose, Resize on the CPU) run in float between a
     DequantizeLinear and a QuantizeLinear. ``metadata`` replaces the file's ``metadata_props``.
+    A file in which ONNX Runtime would run any of ``source``'s convolutions in float
+    (:func:`int8_convolutions`; onnxruntime 1.30's quantizer wrote such files) is refused with
+    ``ConfigError`` and nothing is written.
     """
     from onnxruntime.quantization import (
         CalibrationDataReader,
