@@ -14,7 +14,8 @@ the pixels of that class (the annotator does not paint over the boundary). The c
 through :class:`pixelwise.label.project.Project` exactly as the page's strokes do, and between
 rounds :class:`pixelwise.label.trainer.Trainer` (the page's trainer, its default model: a
 ``unet_same`` of depth 3 and 8 base channels with ilastik's filter bank at its input, AdamW,
-steps of 16 crops of 64 px around labelled pixels, masked cross-entropy) trains for
+steps of 16 crops of 64 px around labelled pixels, masked cross-entropy plus the CRF loss)
+trains for
 ``--round-seconds`` of CPU time (``time.thread_time`` of the one torch thread) and publishes its
 checkpoint. After each round the published model is scored
 on held-out images (mean IoU over the classes; not counted in the wall time).
