@@ -380,6 +380,7 @@ def quantize_onnx(
     fmt: str = "qdq",
     reduce_range: bool = False,
     metadata: dict[str, str] | None = None,
+    check_fusion: bool = True,
 ) -> Path:
     """Write an int8 copy of the float ONNX file ``source`` to ``path`` (atomically).
 
@@ -395,7 +396,8 @@ def quantize_onnx(
     DequantizeLinear and a QuantizeLinear. ``metadata`` replaces the file's ``metadata_props``.
     A file in which ONNX Runtime would run any of ``source``'s convolutions in float
     (:func:`int8_convolutions`; onnxruntime 1.30's quantizer wrote such files) is refused with
-    ``ConfigError`` and nothing is written.
+    ``ConfigError`` and nothing is written (``check_fusion=False``: written anyway, for
+    ``bench/int8_fusion.py`` to measure).
     """
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -444,7 +446,8 @@ def quantize_onnx(
         finally:
             logging.disable(previous)
             pre.unlink(missing_ok=True)
-        _check_int8_convolutions(Path(source), tmp)
+        if check_fusion:
+            _check_int8_convolutions(Path(source), tmp)
         if metadata is not None:
             set_onnx_metadata(tmp, metadata)
     return path
