@@ -87,12 +87,16 @@ def main() -> None:
     x = np.random.default_rng(9).standard_normal((1, 3, 512, 512), np.float32)
     with tempfile.TemporaryDirectory() as tmp:
         folder = args.load or args.save or Path(tmp)
-        folder.mkdir(parents=True, exist_ok=True)
+        if not args.load:
+            folder.mkdir(parents=True, exist_ok=True)
         result = {"onnxruntime": ort.__version__, "files": str(folder), "models": {}}
         for name in args.models:
             if not args.load:
                 make(name, args.width, folder)
             fp32, int8 = folder / f"{name}.onnx", folder / f"{name}.int8.onnx"
+            if not (fp32.is_file() and int8.is_file()):
+                raise SystemExit(f"--load {folder}: no {fp32.name} and {int8.name} there; save "
+                                 "them first with --save")  # fmt: skip
             result["models"][f"{name} w{args.width:g}"] = {
                 "float": measure(fp32, fp32, x, Path(tmp)),
                 "int8": measure(int8, fp32, x, Path(tmp)),
