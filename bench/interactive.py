@@ -932,6 +932,8 @@ def main() -> None:
     )
     args = ap.parse_args()
     args.rf_at = [int(v) for v in args.rf_at.split(",")]
+    if args.after_every <= 0:
+        ap.error(f"--after-every: must be more than 0 seconds, got {args.after_every:g}")
     unknown = [n for n in args.datasets.split(",") if n.strip() not in LOADERS]
     if unknown:
         ap.error(f"--datasets: unknown {', '.join(unknown)}; choose from {', '.join(LOADERS)}")
