@@ -110,3 +110,24 @@ def test_crf_loss_wants_labels_to_follow_the_image_edges():
     crf_loss(logits, image, stride=1).backward()
     # lowering the loss means raising class 1 next to the click, not across the edge
     assert logits.grad[0, 1, 12, 8] < 0 and logits.grad[0, 1, 12, 24].abs() < 1e-6
+
+
+def test_the_crf_colour_scale_follows_each_images_contrast():
+    """``sigma_color=None`` measures each image's neighbour differences: the same edge picture
+    at a quarter of the contrast gets a quarter of the bandwidth, so its label edge costs what
+    it costs at full contrast, where a fixed bandwidth of 15 counts the faint edge as flatter."""
+    from pixelwise.losses import contrast_scale, crf_loss
+
+    rng = torch.Generator().manual_seed(0)
+    strong = torch.zeros(2, 1, 32, 32)
+    strong[..., 16:] = 200.0
+    strong = strong + 60 * torch.rand(2, 1, 32, 32, generator=rng)
+    faint = strong / 4
+    scales = contrast_scale(torch.cat([strong, faint]))
+    assert scales.shape == (4,) and torch.allclose(scales[:2], 4 * scales[2:], rtol=1e-4)
+    assert contrast_scale(torch.zeros(1, 3, 8, 8)).item() == 1.0  # a flat image: the floor
+    split = torch.zeros(2, 2, 32, 32)
+    split[:, 0, :, :16], split[:, 1, :, 16:] = 10.0, 10.0
+    auto = [crf_loss(split, image, sigma_color=None).item() for image in (strong, faint)]
+    assert abs(auto[1] - auto[0]) < 1e-3 * auto[0]
+    assert crf_loss(split, faint).item() > 5 * crf_loss(split, strong).item()

@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["align_target", "crf_loss", "pixel_cross_entropy", "soft_dice_loss"]
+__all__ = ["align_target", "contrast_scale", "crf_loss", "pixel_cross_entropy", "soft_dice_loss"]
 
 
 def align_target(
@@ -127,7 +127,7 @@ def crf_loss(
     image: torch.Tensor,
     radius: int = 5,
     sigma_xy: float = 5.0,
-    sigma_color: float = 15.0,
+    sigma_color: float | None = 15.0,
     stride: int = 2,
 ) -> torch.Tensor:
     """The relaxed Potts energy of the softmax of ``logits (N, K, H, W)`` under a local
@@ -138,11 +138,17 @@ def crf_loss(
 
     over the ``(2 radius + 1)^2 - 1`` neighbours ``j`` of ``i`` on a grid ``stride`` times
     coarser than the image (both are average-pooled first; ``sigma_xy`` is in image pixels),
-    averaged over the pixels. 0 when every neighbourhood agrees, at most 1."""
+    averaged over the pixels. 0 when every neighbourhood agrees, at most 1.
+
+    ``sigma_color=None`` takes it from each image (:func:`contrast_scale`): the median colour
+    difference of neighbouring pixels, so that an edge is an edge relative to the image's own
+    contrast (a retina's vessels differ from their background by less than 15 levels)."""
     if stride > 1:
         logits = F.avg_pool2d(logits, stride, ceil_mode=True)
         image = F.avg_pool2d(image.float(), stride, ceil_mode=True)
     probs, image = torch.softmax(logits.float(), 1), image.float()
+    if sigma_color is None:
+        sigma_color = contrast_scale(image).view(-1, 1, 1)
     h, w = probs.shape[-2:]
     total = probs.new_zeros(())
     # each pair once: the offsets (dy, dx) of one half-plane, each pair counted twice below
@@ -158,3 +164,15 @@ def crf_loss(
         total = total + 2 * (torch.exp(-near - colour) * (1 - agree)).sum()
     neighbours = (2 * radius + 1) ** 2 - 1
     return total / (probs.shape[0] * h * w * neighbours)
+
+
+def contrast_scale(image: torch.Tensor, floor: float = 1.0) -> torch.Tensor:
+    """``(N,)``: per image of ``image (N, C, H, W)``, the median over horizontally and
+    vertically neighbouring pixel pairs of their colour distance ``|I_i - I_j|`` (at least
+    ``floor``). Flat regions' noise sits below it and edges well above it, whatever the
+    image's contrast (the spirit of GrabCut's beta, Rother et al. 2004, robust to a few strong
+    edges such as a field of view's border)."""
+    image = image.float()
+    dx = ((image[..., :, 1:] - image[..., :, :-1]) ** 2).sum(1).flatten(1)
+    dy = ((image[..., 1:, :] - image[..., :-1, :]) ** 2).sum(1).flatten(1)
+    return torch.cat([dx, dy], 1).median(1).values.sqrt().clamp_min(floor)

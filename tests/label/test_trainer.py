@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
@@ -447,3 +448,26 @@ def test_the_docs_table_lists_every_option_with_its_default():
         for f in dataclasses.fields(TrainerOptions)
     ]
     assert rows == expected
+
+
+def test_crf_crops_place_some_crops_away_from_the_strokes(tmp_path):
+    """``crf_crops=0``: every crop holds a labelled pixel; ``crf_crops=1``: crops lie anywhere
+    in the labelled images, so on a large image with two short strokes most hold none (the CRF
+    loss still acts there), and a step on such a batch trains."""
+    images = halves(tmp_path / "in", n=1, size=(200, 240))
+    project = Project.open(images, "dark,bright", tmp_path / "proj")
+    try:
+        label_halves(project)  # strokes in the top-left corner: x 6 and 40, y 4-28
+        for share, out in ((0.0, "a"), (1.0, "b")):
+            opts = TrainerOptions(**{**FAST, "batch_size": 16, "crf_crops": share})
+            trainer = Trainer(project, out=tmp_path / out, options=opts)
+            _, y, _, _ = trainer._batch()
+            with_labels = int(((y != ERASE).flatten(1).any(1)).sum())
+            if share == 0:
+                assert with_labels == 16
+            else:
+                assert with_labels < 8
+                trainer.train_for(0, clock=lambda: 0.0)
+                assert trainer.steps == 1 and math.isfinite(trainer.losses[-1])
+    finally:
+        project.close()

@@ -90,7 +90,19 @@ class TrainerOptions:
         "similar colour take one label), which carries clicks to the image's edges; 0: off",
         ge=0,
     )
-    crf_color: float = opt(15.0, "its colour bandwidth (intensities of 0-255 images)", gt=0)
+    crf_crops: float = opt(
+        0.0,
+        "fraction of each batch's crops placed anywhere in a labelled image rather than around "
+        "a labelled pixel, so that the CRF loss also reaches the pixels far from every stroke",
+        ge=0,
+        le=1,
+    )
+    crf_color: float | None = opt(
+        15.0,
+        "its colour bandwidth (intensities of 0-255 images); null: each crop's median "
+        "difference of neighbouring pixels (losses.contrast_scale)",
+        gt=0,
+    )
     pseudo_weight: float = opt(
         0.0,
         "weight of self-training: the unlabelled pixels of each crop on which the published "
@@ -539,6 +551,8 @@ class Trainer:
                 continue
             mask, index = found
             feats = None if self.features is None else self.features.get(stem, image)
+            if self.options.crf_crops and self.rng.random() < self.options.crf_crops:
+                index = None  # anywhere: the CRF loss's crop
             (top, left), image, crop_mask = _crop_around(image, mask, index, size, self.rng)
             if feats is not None:  # of the image padded as _crop_around pads it
                 feats = feats[:, top : top + size, left : left + size]
@@ -694,19 +708,26 @@ def _ema_with_warmup(decay: float) -> Callable:
 
 
 def _crop_around(
-    image: np.ndarray, mask: np.ndarray, index: np.ndarray, size: int, rng: np.random.Generator
+    image: np.ndarray,
+    mask: np.ndarray,
+    index: np.ndarray | None,
+    size: int,
+    rng: np.random.Generator,
 ) -> tuple[tuple[int, int], np.ndarray, np.ndarray]:
     """``((top, left), image crop, mask crop)``: a ``size x size`` crop of ``image``/``mask``
-    holding a random labelled pixel at a random place (images smaller than ``size`` are padded:
-    edge pixels, mask 255)."""
+    holding a random labelled pixel (one of the flat ``index``; None: any pixel) at a random
+    place (images smaller than ``size`` are padded: edge pixels, mask 255)."""
     h, w = mask.shape
-    width = w  # the labelled pixels' flat indices are over the unpadded mask
+    height, width = h, w  # the labelled pixels' flat indices are over the unpadded mask
     if h < size or w < size:
         ph, pw = max(0, size - h), max(0, size - w)
         image = np.pad(image, ((0, ph), (0, pw), (0, 0)), mode="edge")
         mask = np.pad(mask, ((0, ph), (0, pw)), constant_values=ERASE)
         h, w = mask.shape
-    y, x = divmod(int(index[int(rng.integers(len(index)))]), width)
+    if index is None:
+        y, x = int(rng.integers(height)), int(rng.integers(width))
+    else:
+        y, x = divmod(int(index[int(rng.integers(len(index)))]), width)
     top = int(np.clip(y - rng.integers(size), 0, h - size))
     left = int(np.clip(x - rng.integers(size), 0, w - size))
     window = (slice(top, top + size), slice(left, left + size))
