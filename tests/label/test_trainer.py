@@ -471,3 +471,28 @@ def test_crf_crops_place_some_crops_away_from_the_strokes(tmp_path):
                 assert trainer.steps == 1 and math.isfinite(trainer.losses[-1])
     finally:
         project.close()
+
+
+def test_the_crf_loss_can_compare_filter_bank_features(tmp_path):
+    """``crf_space=features``: the CRF term compares the crops' standardised filter-bank
+    features instead of their colours, so the same weights and batch give another loss;
+    an unknown space is a one-line error naming the choices."""
+    images = halves(tmp_path / "in", n=1, size=(64, 64))
+    project = Project.open(images, "dark,bright", tmp_path / "proj")
+    try:
+        label_halves(project)
+        losses = []
+        for space in ("image", "features"):
+            torch.manual_seed(0)
+            args = {"depth": 2, "base_width": 4, "filter_bank": True}
+            options = TrainerOptions(
+                **{**FAST, "model_args": args}, crf_weight=5.0, crf_space=space, seed=3
+            )
+            trainer = Trainer(project, out=tmp_path / space, options=options)
+            trainer.train_for(0, clock=lambda: 0.0)
+            losses.append(trainer.losses[-1])
+        assert all(math.isfinite(v) for v in losses) and losses[0] != losses[1]
+        with pytest.raises(ConfigError, match="crf_space.*image, features"):
+            TrainerOptions(crf_space="colour")
+    finally:
+        project.close()

@@ -97,6 +97,12 @@ class TrainerOptions:
         ge=0,
         le=1,
     )
+    crf_space: str = opt(
+        "image",
+        "what neighbours of the CRF loss compare: image (their colours) or features (the "
+        "filter bank's, standardised, with each crop's median neighbour distance as bandwidth)",
+        choices=("image", "features"),
+    )
     crf_color: float | None = opt(
         15.0,
         "its colour bandwidth (intensities of 0-255 images); null: each crop's median "
@@ -167,6 +173,8 @@ def _check_option(name: str, value: Any, hint: Any, meta: Any) -> None:
         words = {bool: "true or false", int: "an integer", float: "a finite number", str: "a text"}
         want = words.get(kind, 'a JSON object, e.g. {"depth": 4}')
         raise ConfigError(f"{shown}: must be {want}")
+    if "choices" in meta and value not in meta["choices"]:
+        raise ConfigError(f"{shown}: must be one of {', '.join(map(str, meta['choices']))}")
     for key, test, words in (
         ("ge", lambda v, b: v >= b, "at least"),
         ("gt", lambda v, b: v > b, "more than"),
@@ -482,8 +490,10 @@ class Trainer:
                 logits, pseudo, class_weights=weights
             )
         if opts.crf_weight > 0:
-            crf = crf_loss(logits, raw.to(self.device), sigma_color=opts.crf_color)
-            loss = loss + opts.crf_weight * crf
+            guide, sigma = raw.to(self.device), opts.crf_color
+            if opts.crf_space == "features" and feats is not None:
+                guide, sigma = _standardised(feats.to(self.device, torch.float32)), None
+            loss = loss + opts.crf_weight * crf_loss(logits, guide, sigma_color=sigma)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -689,6 +699,13 @@ def _forward(model: torch.nn.Module, x: torch.Tensor, feats: torch.Tensor | None
     if feats is None:
         return forward_full(model, x)
     return model(x, features=feats.to(x.device, torch.float32))
+
+
+def _standardised(feats: torch.Tensor) -> torch.Tensor:
+    """``feats (N, F, H, W)`` with each channel at mean 0 and standard deviation 1 over the
+    batch (so that no feature's units outweigh the others' in a distance)."""
+    mean = feats.mean((0, 2, 3), keepdim=True)
+    return (feats - mean) / feats.std((0, 2, 3), keepdim=True).clamp_min(1e-6)
 
 
 def _ema_with_warmup(decay: float) -> Callable:
