@@ -214,9 +214,10 @@ def evaluate(trainer: Trainer, heldout, num_classes: int) -> dict[str, Any]:
     return {"miou": s["mean_iou"], "iou": s["iou"], "pixel_accuracy": s["pixel_accuracy"]}
 
 
-def interactive(data: dict[str, Any], args, tmp: Path, say) -> tuple[list, list, list]:
-    """The clicking session: rows of scores per round, the clicks (stem, round, indices) and,
-    with ``--after``, the rows of the training that went on on the same clicks."""
+def interactive(data: dict[str, Any], args, tmp: Path, say) -> tuple[list, list, list, Any]:
+    """The clicking session: rows of scores per round, the clicks (stem, round, indices),
+    with ``--after`` the rows of the training that went on on the same clicks, and the last
+    model's labels of the first held-out image."""
     project = new_project(tmp, data, "clicks")
     trainer = new_trainer(project, args)
     rows, clicks, wall, cpu = [], [], 0.0, 0.0
@@ -250,9 +251,11 @@ def interactive(data: dict[str, Any], args, tmp: Path, say) -> tuple[list, list,
             say(f"  {data['name']} round {r + 1}: {row['clicks']} clicks, mIoU {row['miou']:.4f}, "
                 f"{row['steps']} steps, wall {wall:.0f} s")  # fmt: skip
         after = keep_training(trainer, data, args, say)
+        with torch.inference_mode():
+            last = trainer.live.probabilities(data["heldout"][0][1], trainer.live.current()[0])
     finally:
         project.close()
-    return rows, clicks, after
+    return rows, clicks, after, last.argmax(0).numpy()
 
 
 def keep_training(trainer: Trainer, data: dict[str, Any], args, say) -> list:
@@ -334,8 +337,9 @@ def ilastik_features(image: np.ndarray) -> np.ndarray:
     return np.stack(out, axis=-1).astype(np.float32)
 
 
-def random_forest(data: dict[str, Any], clicks: list, args, say) -> list:
-    """The forest trained on the clicks of the first k rounds, for k in ``--rf-at``."""
+def random_forest(data: dict[str, Any], clicks: list, args, say) -> tuple[list, np.ndarray]:
+    """The forest trained on the clicks of the first k rounds, for k in ``--rf-at``: its rows,
+    and the last forest's labels of the first held-out image."""
     t0 = time.monotonic()
     xs, ys, rounds = [], [], []
     for stem, image, gt in data["pool"]:
@@ -366,7 +370,8 @@ def random_forest(data: dict[str, Any], clicks: list, args, say) -> list:
                      "miou": s["mean_iou"], "iou": s["iou"],
                      "pixel_accuracy": s["pixel_accuracy"]})  # fmt: skip
         say(f"  {data['name']} random forest, {k} clicks/image: mIoU {s['mean_iou']:.4f}")
-    return rows
+    last = forest_predict(forests[points[-1]][0], held[0], data["heldout"][0][2].shape)
+    return rows, last
 
 
 def new_forest(seed: int):
@@ -436,8 +441,8 @@ def run_dataset(name: str, args, say) -> dict[str, Any] | None:
     load_before = os.getloadavg()
     tmp = Path(tempfile.mkdtemp(prefix=f"interactive-{name}-"))
     try:
-        rows, clicks, after = interactive(data, args, tmp, say)
-        rf = random_forest(data, clicks, args, say)
+        rows, clicks, after, ours = interactive(data, args, tmp, say)
+        rf, theirs = random_forest(data, clicks, args, say)
         sup = supervised(data, args, tmp, say)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -464,6 +469,10 @@ def run_dataset(name: str, args, say) -> dict[str, Any] | None:
     (args.out / f"interactive_{name}_seed{args.seed}.json").write_text(
         json.dumps(result, indent=1) + "\n"
     )
+    held_stem, held_image, truth = data["heldout"][0]
+    labels = {"truth": truth, f"pixelwise {rows[-1]['clicks_per_image']} clicks/image": ours,
+              "forest, the same clicks": theirs}  # fmt: skip
+    picture(held_stem, held_image, labels, args.out / f"interactive_{name}_seed{args.seed}.png")
     return result
 
 
@@ -633,6 +642,33 @@ def plot(results: dict[str, list[dict[str, Any]]], path: Path) -> None:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def picture(stem: str, image: np.ndarray, labels: dict[str, np.ndarray], path: Path) -> None:
+    """One held-out image beside its truth and the two learners' labels (255: ignored, grey),
+    each with its pixel accuracy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 1 + len(labels), figsize=(3.2 * (1 + len(labels)), 3.6))
+    axes[0].imshow(image.squeeze(), cmap="gray")
+    axes[0].set_title(stem, fontsize=9)
+    truth = next(iter(labels.values()))
+    cmap = plt.get_cmap("tab20", 20)
+    for ax, (title, lab) in zip(axes[1:], labels.items(), strict=True):
+        shown = np.ma.masked_where(truth == ERASE, lab)
+        ax.set_facecolor("0.5")
+        ax.imshow(shown, cmap=cmap, vmin=0, vmax=19, interpolation="nearest")
+        ok = (lab == truth)[truth != ERASE].mean()
+        ax.set_title(f"{title}\npixel accuracy {ok:.3f}", fontsize=9)
+    for ax in axes:
+        ax.set_axis_off()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
