@@ -496,3 +496,29 @@ def test_the_crf_loss_can_compare_filter_bank_features(tmp_path):
             TrainerOptions(crf_space="colour")
     finally:
         project.close()
+
+
+def test_bn_refresh_recomputes_the_published_batch_norm_statistics(tmp_path):
+    """``bn_refresh``: the published copy's BatchNorm statistics come from crops anywhere in
+    the labelled images, not the training crops' running averages; the moving average the
+    trainer keeps is left as it was. Off (0), the published statistics are the average's."""
+    images = halves(tmp_path / "in", n=1, size=(96, 128))
+    project = Project.open(images, "dark,bright", tmp_path / "proj")
+    try:
+        label_halves(project)
+        args = {"depth": 2, "base_width": 4, "batch_norm": True}
+        for refresh in (0, 16):
+            opts = TrainerOptions(**{**FAST, "model_args": args, "bn_refresh": refresh})
+            trainer = Trainer(project, out=tmp_path / f"r{refresh}", options=opts)
+            trainer.train_for(0, clock=lambda: 0.0)
+            kept = {k: v.clone() for k, v in trainer.averaged.module.state_dict().items()}
+            trainer.publish()
+            published = trainer.live.current()[0].state_dict()
+            stats = [k for k in kept if k.endswith("running_mean")]
+            assert stats
+            same = all(torch.equal(published[k], kept[k]) for k in stats)
+            assert same == (refresh == 0)
+            after = trainer.averaged.module.state_dict()
+            assert all(torch.equal(after[k], v) for k, v in kept.items())
+    finally:
+        project.close()

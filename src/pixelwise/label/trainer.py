@@ -97,6 +97,12 @@ class TrainerOptions:
         ge=0,
         le=1,
     )
+    bn_refresh: int = opt(
+        0,
+        "recompute the published model's BatchNorm statistics on this many crops drawn "
+        "anywhere in the labelled images (0: keep the training crops' running averages)",
+        ge=0,
+    )
     crf_space: str = opt(
         "image",
         "what neighbours of the CRF loss compare: image (their colours) or features (the "
@@ -540,16 +546,19 @@ class Trainer:
         return mask, index
 
     def _batch(
-        self,
+        self, count: int | None = None, anywhere: float | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None] | None:
-        """One batch of crops around labelled pixels: the network's input, the labels, the
-        crops' intensities (0-255, ``(B, C, H, W)``, for the CRF loss) and the crops of the
-        model's cached fixed features (None when it has none or some crop lacks them); None
-        when nothing is labelled."""
+        """One batch of ``count`` (``batch_size``) crops of labelled images, a share
+        ``anywhere`` (``crf_crops``) of them anywhere and the rest around a labelled pixel: the
+        network's input, the labels, the crops' intensities (0-255, ``(B, C, H, W)``, for the
+        CRF loss) and the crops of the model's cached fixed features (None when it has none or
+        some crop lacks them); None when nothing is labelled."""
         stems = self.project.labelled_stems()
+        count = self.options.batch_size if count is None else count
+        anywhere = self.options.crf_crops if anywhere is None else anywhere
         size, xs, ys, raws, fs = self.options.crop, [], [], [], []
         tries = 0
-        while len(xs) < self.options.batch_size and stems and tries < 4 * self.options.batch_size:
+        while len(xs) < count and stems and tries < 4 * count:
             tries += 1
             stem = stems[int(self.rng.integers(len(stems)))]
             try:
@@ -561,7 +570,7 @@ class Trainer:
                 continue
             mask, index = found
             feats = None if self.features is None else self.features.get(stem, image)
-            if self.options.crf_crops and self.rng.random() < self.options.crf_crops:
+            if anywhere and self.rng.random() < anywhere:
                 index = None  # anywhere: the CRF loss's crop
             (top, left), image, crop_mask = _crop_around(image, mask, index, size, self.rng)
             if feats is not None:  # of the image padded as _crop_around pads it
@@ -616,10 +625,31 @@ class Trainer:
         if len(labelled) != self._config_images:
             write_json(self.out / "config.json", self.run_config(len(labelled)))
             self._config_images = len(labelled)
-        model = self.model if self.averaged is None else self.averaged.module
+        model = copy.deepcopy(self.model if self.averaged is None else self.averaged.module)
+        if self.options.bn_refresh:
+            self._refresh_batch_norm(model)
         last = save_checkpoint(self.out, "last", model, info)
         publish_checkpoint(self.out, "best", last, info)
-        return self.live.swap(copy.deepcopy(model))
+        return self.live.swap(model)
+
+    @torch.no_grad()
+    def _refresh_batch_norm(self, model: torch.nn.Module) -> None:
+        """Recompute the BatchNorm statistics of ``model`` (a copy about to be published) on
+        ``bn_refresh`` crops drawn anywhere in the labelled images: the training crops sit
+        around strokes, and their running averages need not be those of whole images."""
+        norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        batch = self._batch(self.options.bn_refresh, anywhere=1.0) if norms else None
+        if batch is None:
+            return
+        momenta = [m.momentum for m in norms]
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # a plain average over this one batch
+        model.train()
+        _forward(model, batch[0].to(self.device), batch[3])
+        for m, momentum in zip(norms, momenta, strict=True):
+            m.momentum = momentum
+        model.eval()
 
     def run_config(self, labelled_images: int) -> dict[str, Any]:
         """``RUN/config.json``: what ``load_run`` needs, and a ``train`` section that
