@@ -103,6 +103,13 @@ class TrainerOptions:
         "anywhere in the labelled images (0: keep the training crops' running averages)",
         ge=0,
     )
+    crf_stride: int = opt(
+        2,
+        "the CRF loss compares neighbours on a grid this many times coarser than the image "
+        "(average-pooled; 1: full resolution, which keeps lines a few pixels wide)",
+        ge=1,
+    )
+    crf_radius: int = opt(5, "its neighbourhood: this many grid steps each way", ge=1)
     crf_space: str = opt(
         "image",
         "what neighbours of the CRF loss compare: image (their colours) or features (the "
@@ -499,7 +506,10 @@ class Trainer:
             guide, sigma = raw.to(self.device), opts.crf_color
             if opts.crf_space == "features" and feats is not None:
                 guide, sigma = _standardised(feats.to(self.device, torch.float32)), None
-            loss = loss + opts.crf_weight * crf_loss(logits, guide, sigma_color=sigma)
+            crf = crf_loss(
+                logits, guide, opts.crf_radius, sigma_color=sigma, stride=opts.crf_stride
+            )
+            loss = loss + opts.crf_weight * crf
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
