@@ -146,8 +146,8 @@ LOADERS = {"isbi": load_isbi, "drive": load_drive, "digits": load_digits}
 
 
 def next_click(gt: np.ndarray, pred: np.ndarray | None, labelled: np.ndarray):
-    """(y, x) of the centre of the largest wrongly predicted region of one true class, or None
-    when every unlabelled pixel is right."""
+    """(y, x, region) of the centre of the largest wrongly predicted region of one true class
+    (and that region's mask), or None when every unlabelled pixel is right."""
     wrong = (gt != ERASE) & ~labelled
     if pred is not None:
         wrong &= pred != gt
@@ -165,7 +165,45 @@ def next_click(gt: np.ndarray, pred: np.ndarray | None, labelled: np.ndarray):
         return None
     dt = ndimage.distance_transform_edt(np.pad(best, 1))[1:-1, 1:-1]
     y, x = np.unravel_index(int(dt.argmax()), dt.shape)
-    return int(y), int(x)
+    return int(y), int(x), best
+
+
+def annotate(gt: np.ndarray, found: tuple[int, int, np.ndarray], args) -> np.ndarray:
+    """The pixels one annotation labels: a disc of ``--radius`` at the region's centre, or
+    with ``--stroke L`` a stroke of about L px along the region's middle."""
+    y, x, region = found
+    if args.stroke > 0:
+        return stroke_along(gt, region, y, x, args.stroke, args.radius)
+    return click_disc(gt, y, x, args.radius)
+
+
+def stroke_along(
+    gt: np.ndarray, region: np.ndarray, y: int, x: int, length: float, radius: float
+) -> np.ndarray:
+    """Flat indices of a stroke a person would draw along a wrongly predicted region: the
+    ``length`` pixels of the region's skeleton (scikit-image's ``skeletonize``: the middle of
+    a membrane or a vessel, the long axis of a blob) nearest along it to the skeleton pixel
+    closest to the centre (y, x), painted ``radius`` px wide on the region's true class."""
+    from skimage.morphology import skeletonize
+
+    skeleton = skeletonize(region)
+    ys, xs = np.nonzero(skeleton)
+    if not len(ys):
+        return click_disc(gt, y, x, radius)
+    k = int(np.argmin((ys - y) ** 2 + (xs - x) ** 2))
+    path, queue, seen = [], [(int(ys[k]), int(xs[k]))], {(int(ys[k]), int(xs[k]))}
+    while queue and len(path) < length:  # breadth first along the skeleton
+        cy, cx = queue.pop(0)
+        path.append((cy, cx))
+        for a in (-1, 0, 1):
+            for b in (-1, 0, 1):
+                p = (cy + a, cx + b)
+                inside = 0 <= p[0] < gt.shape[0] and 0 <= p[1] < gt.shape[1]
+                if inside and p not in seen and skeleton[p]:
+                    seen.add(p)
+                    queue.append(p)
+    index = np.concatenate([click_disc(gt, py, px, radius) for py, px in path])
+    return np.unique(index)
 
 
 def click_disc(gt: np.ndarray, y: int, x: int, radius: float) -> np.ndarray:
@@ -233,10 +271,10 @@ def interactive(data: dict[str, Any], args, tmp: Path, say) -> tuple[list, list,
                 )
                 if found is None:
                     continue
-                index = click_disc(gt, *found, args.radius)
+                index = annotate(gt, found, args)
                 project.set_pixels(stem, index, gt.reshape(-1)[index])
-                clicks.append({"stem": stem, "round": r, "yx": found, "index": index})
-                by_class[int(gt[found])] += 1
+                clicks.append({"stem": stem, "round": r, "yx": found[:2], "index": index})
+                by_class[int(gt[found[:2]])] += 1
             c0 = time.thread_time()
             trainer.train_for(args.round_seconds, clock=time.thread_time)
             trainer.publish()
@@ -413,7 +451,7 @@ def forest_loop(data: dict[str, Any], args, say) -> list:
             found = next_click(gt, pred, labelled[stem])
             if found is None:
                 continue
-            index = click_disc(gt, *found, args.radius)
+            index = annotate(gt, found, args)
             labelled[stem].reshape(-1)[index] = True
             xs.append(pool[stem][index])
             ys.append(gt.reshape(-1)[index])
@@ -452,7 +490,8 @@ def run_dataset(name: str, args, say) -> dict[str, Any] | None:
         "pool": [s for s, _, _ in data["pool"]],
         "heldout": [s for s, _, _ in data["heldout"]],
         "protocol": {"clicks_per_image": args.clicks, "round_cpu_seconds": args.round_seconds,
-                     "click_radius": args.radius, "threads": args.threads, "seed": args.seed,
+                     "click_radius": args.radius, "stroke_length": args.stroke,
+                     "threads": args.threads, "seed": args.seed,
                      "trainer": {k: v for k, v in vars(trainer_options(args)).items()
                                  if k not in ("threads", "device")}},
         "load": {"cpus": os.cpu_count(), "loadavg_before": load_before,
@@ -942,6 +981,11 @@ def main() -> None:
     )
     ap.add_argument("--radius", type=float, default=3.0, help="click disc radius (px)")
     ap.add_argument(
+        "--stroke", type=float, default=0.0,
+        help="label a stroke of about this many px along the middle of the wrong region "
+        "(painted --radius wide) instead of a disc; results go to OUT/strokes/",
+    )  # fmt: skip
+    ap.add_argument(
         "--rf-at", default="1,2,5,10,20", help="clicks per image where the forest is scored"
     )
     ap.add_argument(
@@ -968,6 +1012,10 @@ def main() -> None:
     )
     args = ap.parse_args()
     args.rf_at = [int(v) for v in args.rf_at.split(",")]
+    if args.stroke < 0:
+        ap.error(f"--stroke: must be 0 (clicks) or a length in px, got {args.stroke:g}")
+    if args.stroke > 0:  # never in one table with the clicks
+        args.out = args.out / "strokes"
     if args.after_every <= 0:
         ap.error(f"--after-every: must be more than 0 seconds, got {args.after_every:g}")
     unknown = [n for n in args.datasets.split(",") if n.strip() not in LOADERS]
