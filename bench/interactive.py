@@ -509,8 +509,9 @@ def run_dataset(name: str, args, say) -> dict[str, Any] | None:
         json.dumps(result, indent=1) + "\n"
     )
     held_stem, held_image, truth = data["heldout"][0]
-    labels = {"truth": truth, f"pixelwise {rows[-1]['clicks_per_image']} clicks/image": ours,
-              "forest, the same clicks": theirs}  # fmt: skip
+    unit = "strokes" if args.stroke > 0 else "clicks"
+    labels = {"truth": truth, f"pixelwise, {rows[-1]['clicks_per_image']} {unit}/image": ours,
+              f"forest, the same {unit}": theirs}  # fmt: skip
     picture(held_stem, held_image, labels, args.out / f"interactive_{name}_seed{args.seed}.png")
     return result
 
