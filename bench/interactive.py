@@ -1,6 +1,7 @@
 """Interactive labeling (issue 16): a simulated annotator clicks, the live model learns.
 
     nice -n 10 python bench/interactive.py --datasets isbi,drive,digits --threads 1
+    nice -n 10 python bench/interactive.py --datasets isbi --stroke 40 --radius 1.5 --threads 1
     nice -n 10 python bench/interactive.py --latency --threads 1
     nice -n 10 python bench/interactive.py --screenshot docs/images/label.png --threads 1
 
@@ -40,6 +41,11 @@ Datasets (from ``../shared/data``, skipped when absent; the digits are embedded)
 test 01-05; background / vessel, pixels outside the field of view ignored), digits scenes (pool:
 10 training scenes 96-128 px, held out: 10 validation scenes; 11 classes).
 
+``--stroke L``: the annotator draws strokes instead of clicks: each round, in each image, the
+``L`` pixels of the largest wrong region's skeleton nearest (along it) to the region's centre,
+painted ``--radius`` px wide on its class, the way a person strokes along a missed membrane or
+vessel (results in ``OUT/strokes/``, never tabled with the clicks).
+
 ``--after S``: after the last round, ``S`` more CPU seconds of training on the same clicks,
 scored every ``--after-every`` seconds (``pixelwise_after`` in the JSON): is the model short of
 training time or of labels?
@@ -52,7 +58,9 @@ the open image takes to fetch, p50 / p95.
 ``--screenshot PNG``: the page in chromium on ISBI slices, strokes drawn with the mouse on the
 open image and a few on others, the live model trained for ``--shot-seconds``, then captured.
 
-Outputs: ``bench/results/interactive_<dataset>_seed<seed>.json``, ``interactive_curves.png`` (and
+Outputs: ``bench/results/interactive_<dataset>_seed<seed>.json`` with a picture beside it (the
+first held-out image, its truth, the live model's and the forest's labels after the last
+round: ``interactive_<dataset>_seed<seed>.png``), ``interactive_curves.png`` (and
 a copy in ``docs/images/label_curves.png``), ``interactive_latency.json``; the table on stdout,
 with every seed measured so far and their mean. One run is not a measurement: the clicks follow
 the model, so each seed has its own clicks and the forest's score moves as much as ours; run
