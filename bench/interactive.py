@@ -682,7 +682,8 @@ def plot(results: dict[str, list[dict[str, Any]]], path: Path) -> None:
         sup_mean = float(np.mean([r["supervised"][-1]["miou"] for r in runs]))
         top.axhline(sup_mean, color="k", ls=":", label="supervised, same CPU time (mean)")
         seeds = ", ".join(str(r["protocol"]["seed"]) for r in runs)
-        top.set(title=f"{name} (seeds {seeds})", xlabel="clicks per image", ylabel="held-out mIoU")
+        unit = "strokes" if r["protocol"].get("stroke_length") else "clicks"
+        top.set(title=f"{name} (seeds {seeds})", xlabel=f"{unit} per image", ylabel="held-out mIoU")
         bottom.set(xlabel="wall time (s)", ylabel="held-out mIoU")
         for ax in (top, bottom):
             ax.grid(alpha=0.3)
