@@ -522,3 +522,25 @@ def test_bn_refresh_recomputes_the_published_batch_norm_statistics(tmp_path):
             assert all(torch.equal(after[k], v) for k, v in kept.items())
     finally:
         project.close()
+
+
+def test_crf_space_features_needs_the_filter_bank(tmp_path):
+    """``crf_space=features`` on a model without the filter bank (or with jitter, which leaves
+    the features uncached) is refused in one line, before any project file; features that the
+    cache's budget leaves out are computed for the crops instead."""
+    with pytest.raises(ConfigError, match="crf_space=features: needs a model with the filter"):
+        TrainerOptions(crf_space="features", model_args={"depth": 2}).check_model()
+    with pytest.raises(ConfigError, match="jitter 0"):
+        TrainerOptions(crf_space="features", jitter=0.1).check_model()
+    images = halves(tmp_path / "in", n=1, size=(64, 64))
+    project = Project.open(images, "dark,bright", tmp_path / "proj")
+    try:
+        label_halves(project)
+        args = {"depth": 2, "base_width": 4, "filter_bank": True}
+        opts = {**FAST, "model_args": args, "crf_space": "features", "feature_cache_mb": 0}
+        trainer = Trainer(project, options=TrainerOptions(**opts))
+        assert trainer._batch()[3] is None  # nothing cached at a budget of 0
+        trainer.train_for(0, clock=lambda: 0.0)
+        assert math.isfinite(trainer.losses[-1])
+    finally:
+        project.close()

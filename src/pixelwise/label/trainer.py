@@ -113,7 +113,8 @@ class TrainerOptions:
     crf_space: str = opt(
         "image",
         "what neighbours of the CRF loss compare: image (their colours) or features (the "
-        "filter bank's, standardised, with each crop's median neighbour distance as bandwidth)",
+        "filter bank's, standardised, with each crop's median neighbour distance as bandwidth; "
+        "a filter-bank model, jitter 0)",
         choices=("image", "features"),
     )
     crf_color: float | None = opt(
@@ -156,7 +157,16 @@ class TrainerOptions:
     def check_model(self) -> None:
         """Build the new-project model once (3 channels, 2 classes) so that a bad ``model`` or
         ``model_args`` is a :class:`ConfigError` before any project file is written."""
-        build(self.model, 2, width=self.width, **self.model_args)
+        self.check_crf_space(build(self.model, 2, width=self.width, **self.model_args))
+
+    def check_crf_space(self, model: torch.nn.Module) -> None:
+        """``crf_space=features`` needs the filter bank's features of every crop: a
+        :class:`ConfigError` unless ``model`` has a bank and ``jitter`` is 0."""
+        if self.crf_space == "features" and (model.features is None or self.jitter > 0):
+            raise ConfigError(
+                "--trainer crf_space=features: needs a model with the filter bank (model_args "
+                "filter_bank true) and jitter 0; or set crf_space=image"
+            )
 
     @classmethod
     def with_overrides(cls, overrides: dict[str, Any], **base: Any) -> TrainerOptions:
@@ -412,6 +422,7 @@ class Trainer:
                 self.device,
             )
             self.live.features = self.features
+        opts.check_crf_space(self.model)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._config_images = -1
@@ -504,7 +515,10 @@ class Trainer:
             )
         if opts.crf_weight > 0:
             guide, sigma = raw.to(self.device), opts.crf_color
-            if opts.crf_space == "features" and feats is not None:
+            if opts.crf_space == "features":  # check_crf_space: the model has the bank
+                if feats is None:  # not cached (over feature_cache_mb): the crops' own
+                    with torch.no_grad():
+                        feats = self.model.features(x)
                 guide, sigma = _standardised(feats.to(self.device, torch.float32)), None
             crf = crf_loss(
                 logits, guide, opts.crf_radius, sigma_color=sigma, stride=opts.crf_stride
