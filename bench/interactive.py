@@ -79,6 +79,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -199,9 +200,10 @@ def stroke_along(
     if not len(ys):
         return click_disc(gt, y, x, radius)
     k = int(np.argmin((ys - y) ** 2 + (xs - x) ** 2))
-    path, queue, seen = [], [(int(ys[k]), int(xs[k]))], {(int(ys[k]), int(xs[k]))}
+    start = (int(ys[k]), int(xs[k]))
+    path, queue, seen = [], deque([start]), {start}
     while queue and len(path) < length:  # breadth first along the skeleton
-        cy, cx = queue.pop(0)
+        cy, cx = queue.popleft()
         path.append((cy, cx))
         for a in (-1, 0, 1):
             for b in (-1, 0, 1):
@@ -518,9 +520,9 @@ def run_dataset(name: str, args, say) -> dict[str, Any] | None:
     )
     held_stem, held_image, truth = data["heldout"][0]
     unit = "strokes" if args.stroke > 0 else "clicks"
-    labels = {"truth": truth, f"pixelwise, {rows[-1]['clicks_per_image']} {unit}/image": ours,
-              f"forest, the same {unit}": theirs}  # fmt: skip
-    picture(held_stem, held_image, labels, args.out / f"interactive_{name}_seed{args.seed}.png")
+    labels = {f"pixelwise, {args.clicks} {unit}/image": ours, f"forest, the same {unit}": theirs}
+    shot = args.out / f"interactive_{name}_seed{args.seed}.png"
+    picture(held_stem, held_image, truth, labels, shot)
     return result
 
 
@@ -682,7 +684,7 @@ def plot(results: dict[str, list[dict[str, Any]]], path: Path) -> None:
         sup_mean = float(np.mean([r["supervised"][-1]["miou"] for r in runs]))
         top.axhline(sup_mean, color="k", ls=":", label="supervised, same CPU time (mean)")
         seeds = ", ".join(str(r["protocol"]["seed"]) for r in runs)
-        unit = "strokes" if r["protocol"].get("stroke_length") else "clicks"
+        unit = "strokes" if runs[0]["protocol"].get("stroke_length") else "clicks"
         top.set(title=f"{name} (seeds {seeds})", xlabel=f"{unit} per image", ylabel="held-out mIoU")
         bottom.set(xlabel="wall time (s)", ylabel="held-out mIoU")
         for ax in (top, bottom):
@@ -694,20 +696,22 @@ def plot(results: dict[str, list[dict[str, Any]]], path: Path) -> None:
     plt.close(fig)
 
 
-def picture(stem: str, image: np.ndarray, labels: dict[str, np.ndarray], path: Path) -> None:
-    """One held-out image beside its truth and the two learners' labels (255: ignored, grey),
-    each with its pixel accuracy."""
+def picture(
+    stem: str, image: np.ndarray, truth: np.ndarray, labels: dict[str, np.ndarray], path: Path
+) -> None:
+    """One held-out image beside its ``truth`` and the learners' ``labels`` (pixels the truth
+    ignores, 255, in grey), each with its pixel accuracy."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 1 + len(labels), figsize=(3.2 * (1 + len(labels)), 3.6))
+    panels = {"truth": truth, **labels}
+    fig, axes = plt.subplots(1, 1 + len(panels), figsize=(3.2 * (1 + len(panels)), 3.6))
     axes[0].imshow(image.squeeze(), cmap="gray")
     axes[0].set_title(stem, fontsize=9)
-    truth = next(iter(labels.values()))
     cmap = plt.get_cmap("tab20", 20)
-    for ax, (title, lab) in zip(axes[1:], labels.items(), strict=True):
+    for ax, (title, lab) in zip(axes[1:], panels.items(), strict=True):
         shown = np.ma.masked_where(truth == ERASE, lab)
         ax.set_facecolor("0.5")
         ax.imshow(shown, cmap=cmap, vmin=0, vmax=19, interpolation="nearest")
@@ -1022,6 +1026,9 @@ def main() -> None:
     )
     args = ap.parse_args()
     args.rf_at = [int(v) for v in args.rf_at.split(",")]
+    if args.clicks < 1 or args.radius <= 0:
+        ap.error(f"--clicks {args.clicks} --radius {args.radius:g}: need at least 1 click per "
+                 "image and a radius above 0 px")  # fmt: skip
     if args.stroke < 0:
         ap.error(f"--stroke: must be 0 (clicks) or a length in px, got {args.stroke:g}")
     if args.stroke > 0:  # never in one table with the clicks
