@@ -90,6 +90,26 @@ class TrainerOptions:
         "similar colour take one label), which carries clicks to the image's edges; 0: off",
         ge=0,
     )
+    crf_color: float | None = opt(
+        15.0,
+        "its colour bandwidth (intensities of 0-255 images); null: each crop's median "
+        "difference of neighbouring pixels (losses.contrast_scale)",
+        gt=0,
+    )
+    crf_stride: int = opt(
+        2,
+        "the CRF loss compares neighbours on a grid this many times coarser than the image "
+        "(average-pooled; 1: full resolution, which keeps lines a few pixels wide)",
+        ge=1,
+    )
+    crf_radius: int = opt(5, "the CRF loss's neighbourhood: this many grid steps each way", ge=1)
+    crf_space: str = opt(
+        "image",
+        "what neighbours of the CRF loss compare: image (their colours) or features (the "
+        "filter bank's, standardised, with each crop's median neighbour distance as bandwidth; "
+        "a filter-bank model, jitter 0)",
+        choices=("image", "features"),
+    )
     crf_crops: float = opt(
         0.0,
         "fraction of each batch's crops placed anywhere in a labelled image rather than around "
@@ -102,26 +122,6 @@ class TrainerOptions:
         "recompute the published model's BatchNorm statistics on this many crops drawn "
         "anywhere in the labelled images (0: keep the training crops' running averages)",
         ge=0,
-    )
-    crf_stride: int = opt(
-        2,
-        "the CRF loss compares neighbours on a grid this many times coarser than the image "
-        "(average-pooled; 1: full resolution, which keeps lines a few pixels wide)",
-        ge=1,
-    )
-    crf_radius: int = opt(5, "its neighbourhood: this many grid steps each way", ge=1)
-    crf_space: str = opt(
-        "image",
-        "what neighbours of the CRF loss compare: image (their colours) or features (the "
-        "filter bank's, standardised, with each crop's median neighbour distance as bandwidth; "
-        "a filter-bank model, jitter 0)",
-        choices=("image", "features"),
-    )
-    crf_color: float | None = opt(
-        15.0,
-        "its colour bandwidth (intensities of 0-255 images); null: each crop's median "
-        "difference of neighbouring pixels (losses.contrast_scale)",
-        gt=0,
     )
     pseudo_weight: float = opt(
         0.0,
