@@ -142,7 +142,7 @@ def crf_loss(
 
     ``sigma_color=None`` takes it from each image (:func:`contrast_scale`): the median colour
     difference of neighbouring pixels, so that an edge is an edge relative to the image's own
-    contrast (a retina's vessels differ from their background by less than 15 levels)."""
+    contrast (a faint edge, such as a retina's vessel against its background, still counts)."""
     if stride > 1:
         logits = F.avg_pool2d(logits, stride, ceil_mode=True)
         image = F.avg_pool2d(image.float(), stride, ceil_mode=True)
