@@ -131,3 +131,22 @@ def test_the_crf_colour_scale_follows_each_images_contrast():
     auto = [crf_loss(split, image, sigma_color=None).item() for image in (strong, faint)]
     assert abs(auto[1] - auto[0]) < 1e-3 * auto[0]
     assert crf_loss(split, faint).item() > 5 * crf_loss(split, strong).item()
+
+
+def test_soft_cross_entropy_of_one_hot_targets_is_the_cross_entropy():
+    """One-hot soft labels give the plain cross-entropy; a mask averages over its pixels only
+    (none: 0, still differentiable)."""
+    from pixelwise.losses import soft_cross_entropy
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 4, 5, requires_grad=True)
+    labels = torch.randint(0, 3, (2, 4, 5))
+    one_hot = F.one_hot(labels, 3).permute(0, 3, 1, 2).float()
+    assert torch.allclose(soft_cross_entropy(logits, one_hot), F.cross_entropy(logits, labels))
+    mask = torch.zeros(2, 4, 5, dtype=torch.bool)
+    mask[0, :2] = True
+    nll = F.cross_entropy(logits, labels, reduction="none")
+    assert torch.allclose(soft_cross_entropy(logits, one_hot, mask), nll[mask].mean())
+    none = soft_cross_entropy(logits, one_hot, torch.zeros_like(mask))
+    none.backward()
+    assert float(none) == 0.0 and logits.grad is not None

@@ -27,7 +27,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["align_target", "contrast_scale", "crf_loss", "pixel_cross_entropy", "soft_dice_loss"]
+__all__ = [
+    "align_target",
+    "contrast_scale",
+    "crf_loss",
+    "pixel_cross_entropy",
+    "soft_cross_entropy",
+    "soft_dice_loss",
+]
 
 
 def align_target(
@@ -85,6 +92,26 @@ def pixel_cross_entropy(
         nll = nll * align_target(pixel_weights, h, w, border)
     count = (target != ignore_index).sum()
     return nll.sum() / count.clamp(min=1)
+
+
+def soft_cross_entropy(
+    logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Cross-entropy against soft labels (a teacher's probabilities, as in distillation).
+
+    Args:
+        logits: ``(N, C, H, W)`` raw scores.
+        target: ``(N, C, H, W)`` probabilities (each pixel's sum to 1).
+        mask: optional ``(N, H, W)`` bool: the pixels that carry the loss.
+
+    Returns:
+        ``-sum_c target log softmax(logits)`` averaged over the masked pixels (``0``, still
+        differentiable, when none is).
+    """
+    nll = -(target * F.log_softmax(logits.float(), 1)).sum(1)
+    if mask is None:
+        return nll.mean()
+    return (nll * mask).sum() / mask.sum().clamp(min=1)
 
 
 def soft_dice_loss(

@@ -544,3 +544,40 @@ def test_crf_space_features_needs_the_filter_bank(tmp_path):
         assert math.isfinite(trainer.losses[-1])
     finally:
         project.close()
+
+
+def test_a_forest_teacher_is_fitted_when_the_labels_change(tmp_path):
+    """``forest_weight``: a random forest on the labelled pixels' filter-bank features is
+    fitted before training, and again only when the labels change; its probabilities (one
+    distribution per pixel) give the dark and bright halves the classes of their strokes, and
+    they are part of the step's loss. A model without the bank is refused in one line."""
+    with pytest.raises(ConfigError, match="forest_weight: needs a model with the filter bank"):
+        TrainerOptions(forest_weight=1.0, model_args={"depth": 2}).check_model()
+    images = halves(tmp_path / "in", n=1, size=(64, 64))
+    project = Project.open(images, "dark,bright", tmp_path / "proj")
+    try:
+        label_halves(project)
+        args = {"depth": 2, "base_width": 4, "filter_bank": True}
+        losses = []
+        for weight in (0.0, 1.0):
+            torch.manual_seed(0)
+            opts = TrainerOptions(**{**FAST, "model_args": args}, forest_weight=weight, seed=3)
+            trainer = Trainer(project, out=tmp_path / f"w{weight}", options=opts)
+            trainer.train_for(0, clock=lambda: 0.0)
+            losses.append(trainer.losses[-1])
+        assert all(math.isfinite(v) for v in losses) and losses[0] != losses[1]
+        teacher = trainer.teacher
+        assert teacher.fits == 1
+        trainer.train_for(0, clock=lambda: 0.0)
+        assert teacher.fits == 1  # the same labels: the same forest
+        project.apply("h0", [Stroke(1, 2.0, ((50.0, 40.0), (50.0, 56.0)))])
+        trainer.train_for(0, clock=lambda: 0.0)
+        assert teacher.fits == 2
+        probs = teacher.probabilities(trainer.features.peek("h0")[None].float())[0]
+        assert probs.shape == (2, 64, 64)
+        assert torch.allclose(probs.sum(0), torch.ones(64, 64))
+        labels = probs.argmax(0)
+        assert (labels[:, 4:24] == 0).float().mean() > 0.9
+        assert (labels[:, 40:60] == 1).float().mean() > 0.9
+    finally:
+        project.close()

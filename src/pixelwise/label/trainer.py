@@ -48,7 +48,8 @@ from pixelwise.data.transforms import default_normalization, to_tensor
 from pixelwise.errors import ConfigError
 from pixelwise.files import write_json
 from pixelwise.label.project import ERASE, LabelError, Project
-from pixelwise.losses import crf_loss, pixel_cross_entropy
+from pixelwise.label.teacher import ForestTeacher
+from pixelwise.losses import crf_loss, pixel_cross_entropy, soft_cross_entropy
 from pixelwise.models import build
 from pixelwise.predict import Segmenter, forward_full, resolve_device
 from pixelwise.runs import RUN_FORMAT, load_run, publish_checkpoint, save_checkpoint
@@ -123,6 +124,14 @@ class TrainerOptions:
         "anywhere in the labelled images (0: keep the training crops' running averages)",
         ge=0,
     )
+    forest_weight: float = opt(
+        0.0,
+        "weight of a random-forest teacher (ilastik's pixel classifier on the filter bank's "
+        "features of the labelled pixels, refitted when the labels change): its probabilities "
+        "on each crop's unlabelled pixels are soft labels; a filter-bank model, jitter 0; 0: off",
+        ge=0,
+    )
+    forest_trees: int = opt(16, "its trees", ge=1)
     pseudo_weight: float = opt(
         0.0,
         "weight of self-training: the unlabelled pixels of each crop on which the published "
@@ -157,15 +166,22 @@ class TrainerOptions:
     def check_model(self) -> None:
         """Build the new-project model once (3 channels, 2 classes) so that a bad ``model`` or
         ``model_args`` is a :class:`ConfigError` before any project file is written."""
-        self.check_crf_space(build(self.model, 2, width=self.width, **self.model_args))
+        self.check_features(build(self.model, 2, width=self.width, **self.model_args))
 
-    def check_crf_space(self, model: torch.nn.Module) -> None:
-        """``crf_space=features`` needs the filter bank's features of every crop: a
-        :class:`ConfigError` unless ``model`` has a bank and ``jitter`` is 0."""
-        if self.crf_space == "features" and (model.features is None or self.jitter > 0):
+    def check_features(self, model: torch.nn.Module) -> None:
+        """``crf_space=features`` and ``forest_weight`` need the filter bank's features of
+        every crop: a :class:`ConfigError` unless ``model`` has a bank and ``jitter`` is 0."""
+        if model.features is not None and self.jitter == 0:
+            return
+        if self.crf_space == "features":
             raise ConfigError(
                 "--trainer crf_space=features: needs a model with the filter bank (model_args "
                 "filter_bank true) and jitter 0; or set crf_space=image"
+            )
+        if self.forest_weight > 0:
+            raise ConfigError(
+                "--trainer forest_weight: needs a model with the filter bank (model_args "
+                "filter_bank true) and jitter 0; or set forest_weight=0"
             )
 
     @classmethod
@@ -422,7 +438,10 @@ class Trainer:
                 self.device,
             )
             self.live.features = self.features
-        opts.check_crf_space(self.model)
+        opts.check_features(self.model)
+        self.teacher = None
+        if opts.forest_weight > 0:
+            self.teacher = ForestTeacher(opts.forest_trees, len(project.classes.names), opts.seed)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._config_images = -1
@@ -483,6 +502,8 @@ class Trainer:
         when anything is labelled); the number of steps."""
         start, steps = clock(), 0
         weights = self._class_weights()
+        if self.teacher is not None:  # on the trainer's clock: the forest's time is training's
+            self._fit_teacher()
         t0 = time.monotonic()
         while steps == 0 or clock() - start < seconds:
             if stop is not None and stop.is_set():
@@ -513,9 +534,15 @@ class Trainer:
             loss = loss + opts.pseudo_weight * pixel_cross_entropy(
                 logits, pseudo, class_weights=weights
             )
+        if self.teacher is not None and feats is not None:
+            target = self.teacher.probabilities(feats)
+            if target is not None:
+                unlabelled = y == ERASE
+                soft = soft_cross_entropy(logits, target.to(self.device), unlabelled)
+                loss = loss + opts.forest_weight * soft
         if opts.crf_weight > 0:
             guide, sigma = raw.to(self.device), opts.crf_color
-            if opts.crf_space == "features":  # check_crf_space: the model has the bank
+            if opts.crf_space == "features":  # check_features: the model has the bank
                 if feats is None:  # not cached (over feature_cache_mb): the crops' own
                     with torch.no_grad():
                         feats = self.model.features(x)
@@ -542,6 +569,24 @@ class Trainer:
         conf, labels = torch.softmax(logits.float(), 1).max(1)
         keep = (y == ERASE) & (conf >= self.options.pseudo_threshold)
         return torch.where(keep, labels, torch.full_like(labels, ERASE))
+
+    def _fit_teacher(self) -> None:
+        """Refit the forest teacher when the labels have changed since its last fit, on the
+        labelled images whose features are cached."""
+        stems = self.project.labelled_stems()
+        signature = tuple((s, self.project.entries[s].version) for s in stems)
+        if signature == self.teacher.signature:
+            return
+        pairs = []
+        for stem in stems:
+            try:
+                found = self._sample_data(stem)
+                feats = self.features.get(stem, self.project.image(stem, self.channels))
+            except LabelError:  # gone or corrupt since: skip it
+                continue
+            if found is not None and feats is not None:
+                pairs.append((feats, found[0]))
+        self.teacher.refit(signature, pairs)
 
     def _class_weights(self) -> torch.Tensor:
         counts = self.project.class_counts().astype(np.float64)
