@@ -579,5 +579,14 @@ def test_a_forest_teacher_is_fitted_when_the_labels_change(tmp_path):
         labels = probs.argmax(0)
         assert (labels[:, 4:24] == 0).float().mean() > 0.9
         assert (labels[:, 40:60] == 1).float().mean() > 0.9
+        plain = Trainer(project, out=tmp_path / "plain", options=TrainerOptions(**FAST))
+        plain.train_for(0, clock=lambda: 0.0)
+        plain.publish()  # a run without the bank: refused before a new project is written
     finally:
         project.close()
+    from pixelwise.label.app import create_label_app
+
+    with pytest.raises(ConfigError, match="forest_weight: .*a --run that has one"):
+        opts = TrainerOptions(forest_weight=1.0)
+        create_label_app(images, "dark,bright", tmp_path / "new", tmp_path / "plain", options=opts)
+    assert not (tmp_path / "new").exists()

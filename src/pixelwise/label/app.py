@@ -318,7 +318,7 @@ def create_label_app(
     """
     say = log or (lambda _m: None)
     options = options or TrainerOptions()
-    options.check_model()  # before the project is created or changed
+    options.check_model(run)  # before the project is created or changed
     colors = None
     if run is not None:
         from pixelwise.runs import read_config

@@ -26,15 +26,12 @@ class ForestTeacher:
         self.trees, self.num_classes, self.seed = trees, num_classes, seed
         self.max_samples = max_samples
         self.forest = None
-        self.signature: object = None
         self.fits = 0
 
-    def refit(self, signature: object, labelled: Iterable[tuple[torch.Tensor, np.ndarray]]):
+    def refit(self, labelled: Iterable[tuple[torch.Tensor, np.ndarray]]) -> bool:
         """Fit on ``labelled``: ``(features (F, H', W'), mask (H, W))`` pairs, ``H' >= H`` and
         ``W' >= W`` (features of the image padded at the bottom and right), 255 = unlabelled;
-        nothing to do when ``signature`` (the labels' versions) is the last fit's."""
-        if signature == self.signature:
-            return
+        False (the last forest kept) when no pixel is labelled."""
         pairs = list(labelled)
         per_image = self.max_samples // max(1, len(pairs))
         rng = np.random.default_rng(self.seed + self.fits)
@@ -47,13 +44,14 @@ class ForestTeacher:
             xs.append(feats[:, rows, cols].T.float().numpy())
             ys.append(mask.reshape(-1)[index])
         if not xs or not sum(len(y) for y in ys):
-            return
+            return False
         from sklearn.ensemble import RandomForestClassifier
 
         forest = RandomForestClassifier(self.trees, n_jobs=1, random_state=self.seed + self.fits)
         forest.fit(np.concatenate(xs), np.concatenate(ys))
-        self.forest, self.signature = forest, signature
+        self.forest = forest
         self.fits += 1
+        return True
 
     def probabilities(self, feats: torch.Tensor) -> torch.Tensor | None:
         """The forest's class probabilities ``(B, num_classes, H, W)`` of crops whose

@@ -52,7 +52,7 @@ from pixelwise.label.teacher import ForestTeacher
 from pixelwise.losses import crf_loss, pixel_cross_entropy, soft_cross_entropy
 from pixelwise.models import build
 from pixelwise.predict import Segmenter, forward_full, resolve_device
-from pixelwise.runs import RUN_FORMAT, load_run, publish_checkpoint, save_checkpoint
+from pixelwise.runs import RUN_FORMAT, load_run, publish_checkpoint, read_config, save_checkpoint
 from pixelwise.training.config import is_finite_number, opt
 
 __all__ = ["LiveModel", "Prediction", "Trainer", "TrainerOptions", "mean_entropy"]
@@ -163,26 +163,31 @@ class TrainerOptions:
         for f in fields(self):
             _check_option(f.name, getattr(self, f.name), hints[f.name], f.metadata)
 
-    def check_model(self) -> None:
-        """Build the new-project model once (3 channels, 2 classes) so that a bad ``model`` or
-        ``model_args`` is a :class:`ConfigError` before any project file is written."""
-        self.check_features(build(self.model, 2, width=self.width, **self.model_args))
+    def check_model(self, run: str | Path | None = None) -> None:
+        """Build the model a new project starts from once (3 channels, 2 classes; with ``run``,
+        that run's model), so that a bad ``model`` or ``model_args``, or an option the model
+        cannot serve (:meth:`check_features`), is a :class:`ConfigError` before any project
+        file is written."""
+        if run is None:
+            model = build(self.model, 2, width=self.width, **self.model_args)
+        else:
+            spec = read_config(run)["model"]
+            model = build(spec["name"], spec["num_classes"], **spec["kwargs"])
+        self.check_features(model)
 
     def check_features(self, model: torch.nn.Module) -> None:
         """``crf_space=features`` and ``forest_weight`` need the filter bank's features of
         every crop: a :class:`ConfigError` unless ``model`` has a bank and ``jitter`` is 0."""
         if model.features is not None and self.jitter == 0:
             return
+        needs = (
+            "needs a model with the filter bank (a new model's model_args filter_bank true, or "
+            "a --run that has one) and jitter 0"
+        )
         if self.crf_space == "features":
-            raise ConfigError(
-                "--trainer crf_space=features: needs a model with the filter bank (model_args "
-                "filter_bank true) and jitter 0; or set crf_space=image"
-            )
+            raise ConfigError(f"--trainer crf_space=features: {needs}; or set crf_space=image")
         if self.forest_weight > 0:
-            raise ConfigError(
-                "--trainer forest_weight: needs a model with the filter bank (model_args "
-                "filter_bank true) and jitter 0; or set forest_weight=0"
-            )
+            raise ConfigError(f"--trainer forest_weight: {needs}; or set forest_weight=0")
 
     @classmethod
     def with_overrides(cls, overrides: dict[str, Any], **base: Any) -> TrainerOptions:
@@ -439,7 +444,7 @@ class Trainer:
             )
             self.live.features = self.features
         opts.check_features(self.model)
-        self.teacher = None
+        self.teacher, self._teacher_labels = None, None  # the labels' versions at its fit
         if opts.forest_weight > 0:
             self.teacher = ForestTeacher(opts.forest_trees, len(project.classes.names), opts.seed)
         self._stop = threading.Event()
@@ -575,18 +580,21 @@ class Trainer:
         labelled images whose features are cached."""
         stems = self.project.labelled_stems()
         signature = tuple((s, self.project.entries[s].version) for s in stems)
-        if signature == self.teacher.signature:
+        if signature == self._teacher_labels:
             return
         pairs = []
         for stem in stems:
             try:
                 found = self._sample_data(stem)
-                feats = self.features.get(stem, self.project.image(stem, self.channels))
+                feats = self.features.peek(stem)  # the image is read only when not cached
+                if feats is None:
+                    feats = self.features.get(stem, self.project.image(stem, self.channels))
             except LabelError:  # gone or corrupt since: skip it
                 continue
             if found is not None and feats is not None:
                 pairs.append((feats, found[0]))
-        self.teacher.refit(signature, pairs)
+        if self.teacher.refit(pairs):
+            self._teacher_labels = signature
 
     def _class_weights(self) -> torch.Tensor:
         counts = self.project.class_counts().astype(np.float64)
