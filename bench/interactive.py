@@ -43,7 +43,10 @@ test 01-05; background / vessel, pixels outside the field of view ignored), digi
 STARE and PH2 (``--datasets stare,ph2``, not run by default): the first ten training images by
 name, the first 20 test images (STARE has 10); vessel / lesion against background. No setting
 of the live model was chosen on them, so they say how those settings carry to data they were
-not tuned on.
+not tuned on. ``--datasets FOLDER`` (any layout ``pixelwise train --data`` reads: generic,
+VOC, CamVid, ISBI, DRIVE, Cityscapes): your own data, the first ``--images`` images of its
+"train" split as the pool and the first 20 of its "test" split (else "val") held out, with its
+own classes and ignored pixels; its JSON is named after the folder.
 
 ``--stroke L``: the annotator draws strokes instead of clicks: each round, in each image, the
 ``L`` pixels of the largest wrong region's skeleton nearest (along it) to the region's centre,
@@ -95,7 +98,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from pixelwise.data.io import read_image, read_mask, write_image  # noqa: E402
-from pixelwise.errors import ConfigError  # noqa: E402
+from pixelwise.errors import ConfigError, PixelwiseError  # noqa: E402
 from pixelwise.label.project import ERASE, Project  # noqa: E402
 from pixelwise.label.trainer import Trainer, TrainerOptions  # noqa: E402
 from pixelwise.metrics import confusion_matrix, scores  # noqa: E402
@@ -177,6 +180,47 @@ def load_folders(name: str, classes: list[str]):
 LOADERS = {"isbi": load_isbi, "drive": load_drive, "digits": load_digits,
            "stare": load_folders("stare", ["background", "vessel"]),
            "ph2": load_folders("ph2", ["background", "lesion"])}  # fmt: skip
+
+
+def load_any(folder: Path, name: str):
+    """Any dataset folder that ``pixelwise train --data`` reads (every layout it detects): the
+    pool is the first ``n_pool`` images of its "train" split, the held-out images the first 20
+    of its "test" split, else of its "val" split. Its classes and ignored pixels are the
+    dataset's own. For data of your own, never seen by the live model's settings."""
+    from pixelwise.data import open_dataset
+
+    def split(part: str, n: int):
+        ds = open_dataset(folder, part)
+        samples = [ds[i] for i in range(min(n, len(ds)))]
+        return ds, [(f"{name}_{s.name}", s.image, s.mask) for s in samples]
+
+    def load(n_pool: int) -> dict[str, Any]:
+        ds, pool = split("train", n_pool)
+        for part in ("test", "val"):
+            try:
+                return {"name": name, "classes": list(ds.classes.names), "pool": pool,
+                        "heldout": split(part, 20)[1]}  # fmt: skip
+            except PixelwiseError:
+                continue
+        raise ConfigError(f"--datasets {folder}: no 'test' or 'val' split to hold out")
+
+    return load
+
+
+def loader(name: str):
+    """A named dataset of the shared data, or a dataset folder (``load_any``)."""
+    if name in LOADERS:
+        return LOADERS[name]
+    return load_any(Path(name).expanduser().resolve(), dataset_name(name))
+
+
+def dataset_name(name: str) -> str:
+    """The name in the JSON files: a named dataset's, or the folder's (with "-folder" when
+    that is a named dataset's, so that the two never share a file)."""
+    if name in LOADERS:
+        return name
+    folder = Path(name).expanduser().resolve().name
+    return f"{folder}-folder" if folder in LOADERS else folder
 
 
 # ---- the simulated annotator ----------------------------------------------------------------
@@ -507,8 +551,9 @@ def forest_loop(data: dict[str, Any], args, say) -> list:
 # ---- one dataset, the table, the plot -------------------------------------------------------
 
 
-def run_dataset(name: str, args, say) -> dict[str, Any] | None:
-    data = LOADERS[name](args.images)
+def run_dataset(source: str, args, say) -> dict[str, Any] | None:
+    name = dataset_name(source)
+    data = loader(source)(args.images)
     if data is None:
         say(f"{name}: not found under {SHARED}; skipped")
         return None
@@ -554,9 +599,10 @@ def run_dataset(name: str, args, say) -> dict[str, Any] | None:
     return result
 
 
-def add_forest_loop(name: str, args, say) -> None:
+def add_forest_loop(source: str, args, say) -> None:
     """``--forest-loop``: ilastik's own loop on the pool and held-out images of an existing run
     (``interactive_<name>_seed<seed>.json``), added to it."""
+    name = dataset_name(source)
     path = args.out / f"interactive_{name}_seed{args.seed}.json"
     if not path.is_file():
         raise SystemExit(f"--forest-loop: no {path}; run the bench with --seed {args.seed} first")
@@ -566,7 +612,7 @@ def add_forest_loop(name: str, args, say) -> None:
         raise SystemExit(
             f"--forest-loop: {path} is not a bench JSON ({err}); run it again"
         ) from None
-    data = LOADERS[name](args.images)
+    data = loader(source)(args.images)
     if data is None or [s for s, _, _ in data["pool"]] != result["pool"]:
         raise SystemExit(f"--forest-loop: {path} was not measured on these pool images")
     result["random_forest_own_clicks"] = forest_loop(data, args, say)
@@ -1066,9 +1112,11 @@ def main() -> None:
         args.out = args.out / "strokes"
     if args.after_every <= 0:
         ap.error(f"--after-every: must be more than 0 seconds, got {args.after_every:g}")
-    unknown = [n for n in args.datasets.split(",") if n.strip() not in LOADERS]
+    args.datasets = [n.strip() for n in args.datasets.split(",") if n.strip()]
+    unknown = [n for n in args.datasets if n not in LOADERS and not Path(n).expanduser().is_dir()]
     if unknown:
-        ap.error(f"--datasets: unknown {', '.join(unknown)}; choose from {', '.join(LOADERS)}")
+        ap.error(f"--datasets: no dataset {', '.join(unknown)}; give one of {', '.join(LOADERS)} "
+                 "or a dataset folder (any layout `pixelwise train --data` reads)")  # fmt: skip
     torch.set_num_threads(args.threads)
 
     def say(msg: str) -> None:
@@ -1083,15 +1131,18 @@ def main() -> None:
     if args.screenshot:
         screenshot(args, say)
         return
-    if args.forest_loop:
-        for name in args.datasets.split(","):
-            add_forest_loop(name.strip(), args, say)
-    elif not args.report:
-        for name in args.datasets.split(","):
-            run_dataset(name.strip(), args, say)
-    results = {  # every dataset and seed measured so far, datasets in a fixed order
+    try:
+        for source in args.datasets:
+            if args.forest_loop:
+                add_forest_loop(source, args, say)
+            elif not args.report:
+                run_dataset(source, args, say)
+    except PixelwiseError as err:
+        raise SystemExit(f"error: {err}") from None
+    names = dict.fromkeys([*LOADERS, *map(dataset_name, args.datasets)])  # a fixed order
+    results = {  # every dataset and seed measured so far
         n: [json.loads(f.read_text()) for f in sorted(args.out.glob(f"interactive_{n}_seed*.json"))]
-        for n in LOADERS
+        for n in names
     }
     results = {
         n: sorted(runs, key=lambda r: r["protocol"]["seed"]) for n, runs in results.items() if runs
