@@ -172,3 +172,24 @@ def test_unet_gradient_matches_finite_differences():
         down = float(nn.functional.cross_entropy(net(x), y))
     assert abs(analytic) > 1e-4
     assert (up - down) / (2 * eps) == pytest.approx(analytic, rel=1e-5)
+
+
+def test_zero_head_starts_uniform_and_one_step_moves_it_towards_the_labelled_class():
+    """unet_same(zero_head=True): logits 0 everywhere at the start (He-initialised ones are
+    not), and one AdamW step on pixels of class 1 alone makes class 1 the prediction
+    everywhere, where the He-initialised model keeps predicting other classes too."""
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    y = torch.ones(2, 32, 32, dtype=torch.long)
+    predicted = {}
+    for zero in (True, False):
+        torch.manual_seed(0)
+        net = build("unet_same", 3, depth=2, base_width=4, zero_head=zero)
+        with torch.no_grad():
+            start = float(net(x).abs().max())
+        assert start == 0.0 if zero else start > 0.1
+        opt = torch.optim.AdamW(net.parameters(), lr=2e-3)
+        nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+        predicted[zero] = net.eval()(x).argmax(1)
+    assert bool((predicted[True] == 1).all())
+    assert not bool((predicted[False] == 1).all())

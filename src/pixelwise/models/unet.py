@@ -57,7 +57,8 @@ class UNet(SegmentationModel):
     channel at scales 0.7-10 px), which lets the network learn from a few clicks what a random
     forest on those features learns (the labeling page's live model). ``bank_width`` > 0: a 1x1
     conv (+ BatchNorm, ReLU) mixes those features per pixel into that many channels first, which
-    makes the first 3x3 conv 48 x C / ``bank_width`` times cheaper.
+    makes the first 3x3 conv 48 x C / ``bank_width`` times cheaper. ``zero_head``: the 1x1 head
+    starts at zero (the logits are 0, the scores uniform, until the first step).
     """
 
     def __init__(
@@ -73,6 +74,7 @@ class UNet(SegmentationModel):
         stem_width: int | None = None,
         filter_bank: bool = False,
         bank_width: int = 0,
+        zero_head: bool = False,
     ) -> None:
         if padding not in ("valid", "same"):
             raise ConfigError(f"U-Net padding must be 'valid' or 'same', got {padding!r}")
@@ -116,6 +118,9 @@ class UNet(SegmentationModel):
         self.head = nn.Conv2d(chans[0], num_classes, 1)
         self.skip_offsets = _skip_offsets(depth) if padding == "valid" else [0] * depth
         init_he(self, mode="fan_in")
+        if zero_head:  # uniform scores at the start, as FCN's zero-initialised score layers
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
 
     def forward(self, x: Tensor, features: Tensor | None = None) -> Tensor:
         """``(N, in_channels, H, W) -> (N, num_classes, *output_size(H, W))`` logits.
@@ -255,12 +260,16 @@ def unet_same(
     stem_width: int | None = None,
     filter_bank: bool = False,
     bank_width: int = 0,
+    zero_head: bool = False,
 ) -> UNet:
     """U-Net with padded convs and BatchNorm: logits exactly the input's size.
 
     ``filter_bank=True``: ilastik's fixed pixel features (48 per input channel) beside the image
     at the input, for learning from a few clicks (the labeling page's default); ``bank_width``:
-    mixed per pixel into that many channels first (0: fed as they are)."""
+    mixed per pixel into that many channels first (0: fed as they are). ``zero_head=True``: the
+    1x1 head starts at zero, so the first predictions are uniform and the first steps move
+    them towards the labelled classes (the labeling page's default: with He-initialised
+    scores a model trained a few steps on one class's strokes still predicts the others)."""
     return _build("unet_same", "same", **locals())
 
 
