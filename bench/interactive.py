@@ -1059,6 +1059,19 @@ def _shoot(url: str, data, rng, args, say) -> None:
 # ---- main -----------------------------------------------------------------------------------
 
 
+def measured(out: Path) -> dict[str, list[dict[str, Any]]]:
+    """Every dataset and seed measured so far in ``out`` (``interactive_<dataset>_seed<k>.json``
+    whose JSON names that dataset), by seed: the named datasets first, then the folders."""
+    results: dict[str, list[dict[str, Any]]] = {}
+    for f in sorted(out.glob("interactive_*_seed*.json")):
+        name, _, seed = f.stem.removeprefix("interactive_").rpartition("_seed")
+        run = json.loads(f.read_text()) if seed.isdigit() else None
+        if run is not None and run.get("dataset") == name:
+            results.setdefault(name, []).append(run)
+    order = [*[n for n in LOADERS if n in results], *sorted(set(results) - set(LOADERS))]
+    return {n: sorted(results[n], key=lambda r: r["protocol"]["seed"]) for n in order}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--datasets", default="isbi,drive,digits")
@@ -1139,14 +1152,7 @@ def main() -> None:
                 run_dataset(source, args, say)
     except PixelwiseError as err:
         raise SystemExit(f"error: {err}") from None
-    names = dict.fromkeys([*LOADERS, *map(dataset_name, args.datasets)])  # a fixed order
-    results = {  # every dataset and seed measured so far
-        n: [json.loads(f.read_text()) for f in sorted(args.out.glob(f"interactive_{n}_seed*.json"))]
-        for n in names
-    }
-    results = {
-        n: sorted(runs, key=lambda r: r["protocol"]["seed"]) for n, runs in results.items() if runs
-    }
+    results = measured(args.out)
     if not results:
         return
     say(table(results))
