@@ -1074,7 +1074,10 @@ def measured(out: Path) -> dict[str, list[dict[str, Any]]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--datasets", default="isbi,drive,digits")
+    ap.add_argument(
+        "--datasets", default="isbi,drive,digits",
+        help=f"comma-separated: {', '.join(LOADERS)} (shared data) or dataset folders",
+    )  # fmt: skip
     ap.add_argument("--images", type=int, default=10, help="pool images per dataset")
     ap.add_argument("--clicks", type=int, default=20, help="clicks per image (rounds)")
     ap.add_argument(
