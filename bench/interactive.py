@@ -188,21 +188,23 @@ def load_any(folder: Path, name: str):
     of its "test" split, else of its "val" split. Its classes and ignored pixels are the
     dataset's own. For data of your own, never seen by the live model's settings."""
     from pixelwise.data import open_dataset
-
-    def split(part: str, n: int):
-        ds = open_dataset(folder, part)
-        samples = [ds[i] for i in range(min(n, len(ds)))]
-        return ds, [(f"{name}_{s.name}", s.image, s.mask) for s in samples]
+    from pixelwise.data.layouts import make_layout
 
     def load(n_pool: int) -> dict[str, Any]:
-        ds, pool = split("train", n_pool)
-        for part in ("test", "val"):
-            try:
-                return {"name": name, "classes": list(ds.classes.names), "pool": pool,
-                        "heldout": split(part, 20)[1]}  # fmt: skip
-            except PixelwiseError:
-                continue
-        raise ConfigError(f"--datasets {folder}: no 'test' or 'val' split to hold out")
+        splits = make_layout(folder, None).splits()
+        held = next((part for part in ("test", "val") if part in splits), None)
+        if held is None:
+            raise ConfigError(f"--datasets {folder}: no 'test' or 'val' split to hold out")
+
+        def samples(split: str, n: int):
+            ds = open_dataset(folder, split, limit=n)
+            return ds.classes, [
+                (f"{name}_{s.name}", s.image, s.mask) for s in map(ds.__getitem__, range(len(ds)))
+            ]
+
+        classes, pool = samples("train", n_pool)
+        return {"name": name, "classes": list(classes.names), "pool": pool,
+                "heldout": samples(held, 20)[1]}  # fmt: skip
 
     return load
 

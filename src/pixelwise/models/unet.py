@@ -268,8 +268,9 @@ def unet_same(
     at the input, for learning from a few clicks (the labeling page's default); ``bank_width``:
     mixed per pixel into that many channels first (0: fed as they are). ``zero_head=True``: the
     1x1 head starts at zero, so the first predictions are uniform and the first steps move
-    them towards the labelled classes (the labeling page's default: with He-initialised
-    scores a model trained a few steps on one class's strokes still predicts the others)."""
+    them towards the labelled classes (with He-initialised scores a model trained a few steps
+    on one class's strokes may still predict another; tried for the labeling page, off there:
+    docs/labeling.md)."""
     return _build("unet_same", "same", **locals())
 
 
