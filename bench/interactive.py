@@ -17,8 +17,9 @@ rounds :class:`pixelwise.label.trainer.Trainer` (the page's trainer, its default
 ``unet_same`` of depth 3 and 8 base channels with ilastik's filter bank at its input, AdamW,
 steps of 16 crops of 64 px around labelled pixels, masked cross-entropy plus the CRF loss)
 trains for
-``--round-seconds`` of CPU time (``time.thread_time`` of the one torch thread) and publishes its
-checkpoint. After each round the published model is scored
+``--round-seconds`` of CPU time (``time.thread_time`` of the one torch thread; or, with
+``--round-steps N``, exactly N steps, so that a seed repeats on any machine and load) and
+publishes its checkpoint. After each round the published model is scored
 on held-out images (mean IoU over the classes; not counted in the wall time).
 
 **Baselines**, on the same pool and held-out images:
@@ -30,7 +31,8 @@ on held-out images (mean IoU over the classes; not counted in the wall time).
   Hessian-of-Gaussian eigenvalues, at scales 0.7, 1, 1.6, 3.5, 5 and 10 px (48 features per
   channel), trained on exactly the pixels the clicks labelled, at ``--rf-at`` clicks per image;
 - *fully supervised*: the same trainer and model on the dense masks of the pool images, trained
-  for the same total CPU time (``--clicks`` x ``--round-seconds``), scored along the way;
+  for the same total CPU time (``--clicks`` x ``--round-seconds``; or as many steps as the
+  rounds together with ``--round-steps``), scored along the way;
 - *the forest in its own loop* (``--forest-loop --seed K``, added to that seed's JSON): ilastik's
   workflow, the same annotator clicking where the forest is wrong and the forest refitted after
   each round. The clicks follow the model, so "on the same clicks" compares learners on the
@@ -78,6 +80,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import shutil
@@ -360,7 +363,7 @@ def interactive(data: dict[str, Any], args, tmp: Path, say) -> tuple[list, list,
                 clicks.append({"stem": stem, "round": r, "yx": found[:2], "index": index})
                 by_class[int(gt[found[:2]])] += 1
             c0 = time.thread_time()
-            trainer.train_for(args.round_seconds, clock=time.thread_time)
+            train(trainer, args, 1)
             trainer.publish()
             cpu += time.thread_time() - c0
             wall += time.monotonic() - t0
@@ -378,6 +381,15 @@ def interactive(data: dict[str, Any], args, tmp: Path, say) -> tuple[list, list,
     finally:
         project.close()
     return rows, clicks, after, last.argmax(0).numpy()
+
+
+def train(trainer: Trainer, args, rounds: float) -> None:
+    """``rounds`` rounds' worth of training: ``--round-seconds`` of CPU each, or with
+    ``--round-steps`` that many optimisation steps each (the same steps on any machine)."""
+    if args.round_steps:
+        trainer.train_for(math.inf, max_steps=round(rounds * args.round_steps))
+    else:
+        trainer.train_for(rounds * args.round_seconds, clock=time.thread_time)
 
 
 def keep_training(trainer: Trainer, data: dict[str, Any], args, say) -> list:
@@ -405,12 +417,11 @@ def supervised(data: dict[str, Any], args, tmp: Path, say) -> list:
             index = np.flatnonzero(gt.reshape(-1) != ERASE)
             project.set_pixels(stem, index, gt.reshape(-1)[index])
         trainer = new_trainer(project, args)
-        total = args.clicks * args.round_seconds
-        marks = sorted({total * f for f in (0.1, 0.25, 0.5, 0.75, 1.0)})
+        marks = sorted({args.clicks * f for f in (0.1, 0.25, 0.5, 0.75, 1.0)})  # in rounds
         rows, cpu, wall, done = [], 0.0, 0.0, 0.0
         for mark in marks:
             t0, c0 = time.monotonic(), time.thread_time()
-            trainer.train_for(mark - done, clock=time.thread_time)
+            train(trainer, args, mark - done)
             trainer.publish()
             done = mark
             cpu += time.thread_time() - c0
@@ -575,6 +586,7 @@ def run_dataset(source: str, args, say) -> dict[str, Any] | None:
         "pool": [s for s, _, _ in data["pool"]],
         "heldout": [s for s, _, _ in data["heldout"]],
         "protocol": {"clicks_per_image": args.clicks, "round_cpu_seconds": args.round_seconds,
+                     "round_steps": args.round_steps,
                      "click_radius": args.radius, "stroke_length": args.stroke,
                      "threads": args.threads, "seed": args.seed,
                      "trainer": {k: v for k, v in vars(trainer_options(args)).items()
@@ -1085,6 +1097,12 @@ def main() -> None:
     ap.add_argument(
         "--round-seconds", type=float, default=4.0, help="CPU seconds of training per round"
     )
+    ap.add_argument(
+        "--round-steps", type=int, default=0,
+        help="train exactly this many steps per round instead of --round-seconds of CPU, so a "
+        "seed repeats on any machine and load (the supervised model: as many in all); results "
+        "go to OUT/steps<N>/",
+    )  # fmt: skip
     ap.add_argument("--radius", type=float, default=3.0, help="click disc radius (px)")
     ap.add_argument(
         "--stroke", type=float, default=0.0,
@@ -1126,8 +1144,14 @@ def main() -> None:
                  "image and a radius above 0 px")  # fmt: skip
     if args.stroke < 0:
         ap.error(f"--stroke: must be 0 (clicks) or a length in px, got {args.stroke:g}")
+    if args.round_steps < 0:
+        ap.error(
+            f"--round-steps: must be 0 (CPU seconds) or a number of steps, got {args.round_steps}"
+        )
     if args.stroke > 0:  # never in one table with the clicks
         args.out = args.out / "strokes"
+    if args.round_steps:  # nor runs of a step count with runs of a CPU time
+        args.out = args.out / f"steps{args.round_steps}"
     if args.after_every <= 0:
         ap.error(f"--after-every: must be more than 0 seconds, got {args.after_every:g}")
     args.datasets = [n.strip() for n in args.datasets.split(",") if n.strip()]

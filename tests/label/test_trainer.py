@@ -590,3 +590,24 @@ def test_a_forest_teacher_is_fitted_when_the_labels_change(tmp_path):
         opts = TrainerOptions(forest_weight=1.0)
         create_label_app(images, "dark,bright", tmp_path / "new", tmp_path / "plain", options=opts)
     assert not (tmp_path / "new").exists()
+
+
+def test_a_step_count_stops_training_and_repeats_exactly(tmp_path):
+    """``max_steps`` ends a period however long its clock allows, and two trainers of one seed
+    taking the same steps end with the same weights (the bench's ``--round-steps``)."""
+    images = halves(tmp_path / "in")
+    weights = []
+    for k in range(2):
+        project = Project.open(images, "dark,bright", tmp_path / f"proj{k}")
+        try:
+            torch.manual_seed(0)
+            trainer = Trainer(project, options=TrainerOptions(**FAST, seed=3))
+            label_halves(project)
+            clock = iter(range(10**6)).__next__  # one tick a call: about 50 steps in 50 ticks
+            assert trainer.train_for(50, clock=clock, max_steps=4) == 4
+            assert trainer.train_for(math.inf, max_steps=3) == 3 and trainer.steps == 7
+            weights.append([p.detach().clone() for p in trainer.model.parameters()])
+        finally:
+            project.close()
+    for a, b in zip(*weights, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

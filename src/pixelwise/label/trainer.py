@@ -502,16 +502,18 @@ class Trainer:
         seconds: float,
         clock: Callable[[], float] = time.monotonic,
         stop: threading.Event | None = None,
+        max_steps: int | None = None,
     ) -> int:
-        """Optimisation steps until ``seconds`` of ``clock`` have passed (at least one step
-        when anything is labelled); the number of steps."""
+        """Optimisation steps until ``seconds`` of ``clock`` have passed or ``max_steps`` were
+        taken (at least one step when anything is labelled); the number of steps. With
+        ``seconds=math.inf`` and ``max_steps`` a run repeats exactly on any machine and load."""
         start, steps = clock(), 0
         weights = self._class_weights()
         if self.teacher is not None:  # on the trainer's clock: the forest's time is training's
             self._fit_teacher()
         t0 = time.monotonic()
         while steps == 0 or clock() - start < seconds:
-            if stop is not None and stop.is_set():
+            if (stop is not None and stop.is_set()) or steps == max_steps:
                 break
             batch = self._batch()
             if batch is None:
