@@ -11,14 +11,15 @@ clicks once at the centre (distance-transform maximum, the image border counting
 the largest connected region that the current model predicts wrongly, split by true class and
 leaving out the pixels already labelled (before any model exists every pixel is wrong). A click
 labels a disc of radius ``--radius`` px (3) with the true class of its centre, restricted to
-the pixels of that class (the annotator does not paint over the boundary). The clicks go
+the pixels of that class (the annotator does not paint over the boundary); ``--where random``
+clicks a wrong pixel drawn at random instead, an annotator who clicks any error. The clicks go
 through :class:`pixelwise.label.project.Project` exactly as the page's strokes do, and between
 rounds :class:`pixelwise.label.trainer.Trainer` (the page's trainer, its default model: a
 ``unet_same`` of depth 3 and 8 base channels with ilastik's filter bank at its input, AdamW,
 steps of 16 crops of 64 px around labelled pixels, masked cross-entropy plus the CRF loss)
 trains for
 ``--round-seconds`` of CPU time (``time.thread_time`` of the one torch thread; or, with
-``--round-steps N``, exactly N steps, so that a seed repeats on any machine and load) and
+``--round-steps N``, exactly N steps, so that a seed repeats whatever the machine's load) and
 publishes its checkpoint. After each round the published model is scored
 on held-out images (mean IoU over the classes; not counted in the wall time).
 
@@ -231,12 +232,21 @@ def dataset_name(name: str) -> str:
 # ---- the simulated annotator ----------------------------------------------------------------
 
 
-def next_click(gt: np.ndarray, pred: np.ndarray | None, labelled: np.ndarray):
+def next_click(gt: np.ndarray, pred: np.ndarray | None, labelled: np.ndarray, rng=None):
     """(y, x, region) of the centre of the largest wrongly predicted region of one true class
-    (and that region's mask), or None when every unlabelled pixel is right."""
+    (and that region's mask), or None when every unlabelled pixel is right. With a numpy
+    ``rng`` (``--where random``): a wrong pixel drawn uniformly, and its region."""
     wrong = (gt != ERASE) & ~labelled
     if pred is not None:
         wrong &= pred != gt
+    if rng is not None:
+        ys, xs = np.nonzero(wrong)
+        if not len(ys):
+            return None
+        k = int(rng.integers(len(ys)))
+        y, x = int(ys[k]), int(xs[k])
+        comps, _ = ndimage.label(wrong & (gt == gt[y, x]))
+        return y, x, comps == comps[y, x]
     best, best_size = None, 0
     for c in np.unique(gt[wrong]):
         comps, n = ndimage.label(wrong & (gt == c))
@@ -252,6 +262,11 @@ def next_click(gt: np.ndarray, pred: np.ndarray | None, labelled: np.ndarray):
     dt = ndimage.distance_transform_edt(np.pad(best, 1))[1:-1, 1:-1]
     y, x = np.unravel_index(int(dt.argmax()), dt.shape)
     return int(y), int(x), best
+
+
+def click_rng(args) -> np.random.Generator | None:
+    """The random annotator's own generator (``--where random``), one per session."""
+    return np.random.default_rng(10_000 + args.seed) if args.where == "random" else None
 
 
 def annotate(gt: np.ndarray, found: tuple[int, int, np.ndarray], args) -> np.ndarray:
@@ -345,7 +360,7 @@ def interactive(data: dict[str, Any], args, tmp: Path, say) -> tuple[list, list,
     model's labels of the first held-out image."""
     project = new_project(tmp, data, "clicks")
     trainer = new_trainer(project, args)
-    rows, clicks, wall, cpu = [], [], 0.0, 0.0
+    rows, clicks, wall, cpu, rng = [], [], 0.0, 0.0, click_rng(args)
     n = len(data["classes"])
     try:
         for r in range(args.clicks):
@@ -354,7 +369,7 @@ def interactive(data: dict[str, Any], args, tmp: Path, say) -> tuple[list, list,
             for stem, _, gt in data["pool"]:
                 pred = trainer.live.predict(stem, project)
                 found = next_click(
-                    gt, None if pred is None else pred.labels, project.mask(stem) != ERASE
+                    gt, None if pred is None else pred.labels, project.mask(stem) != ERASE, rng
                 )
                 if found is None:
                     continue
@@ -385,7 +400,7 @@ def interactive(data: dict[str, Any], args, tmp: Path, say) -> tuple[list, list,
 
 def train(trainer: Trainer, args, rounds: float) -> None:
     """``rounds`` rounds' worth of training: ``--round-seconds`` of CPU each, or with
-    ``--round-steps`` that many optimisation steps each (the same steps on any machine)."""
+    ``--round-steps`` that many optimisation steps each (the same steps whatever the load)."""
     if args.round_steps:
         trainer.train_for(math.inf, max_steps=round(rounds * args.round_steps))
     else:
@@ -540,10 +555,11 @@ def forest_loop(data: dict[str, Any], args, say) -> list:
     }
     labelled = {stem: np.zeros(gt.shape, bool) for stem, _, gt in data["pool"]}
     held, xs, ys, rf, rows = heldout_features(data), [], [], None, []
+    rng = click_rng(args)
     for r in range(args.clicks):
         for stem, _, gt in data["pool"]:
             pred = None if rf is None else forest_predict(rf, pool[stem], gt.shape)
-            found = next_click(gt, pred, labelled[stem])
+            found = next_click(gt, pred, labelled[stem], rng)
             if found is None:
                 continue
             index = annotate(gt, found, args)
@@ -587,7 +603,8 @@ def run_dataset(source: str, args, say) -> dict[str, Any] | None:
         "heldout": [s for s, _, _ in data["heldout"]],
         "protocol": {"clicks_per_image": args.clicks, "round_cpu_seconds": args.round_seconds,
                      "round_steps": args.round_steps,
-                     "click_radius": args.radius, "stroke_length": args.stroke,
+                     "click_radius": args.radius,
+                     "where": args.where, "stroke_length": args.stroke,
                      "threads": args.threads, "seed": args.seed,
                      "trainer": {k: v for k, v in vars(trainer_options(args)).items()
                                  if k not in ("threads", "device")}},
@@ -1100,10 +1117,15 @@ def main() -> None:
     ap.add_argument(
         "--round-steps", type=int, default=0,
         help="train exactly this many steps per round instead of --round-seconds of CPU, so a "
-        "seed repeats on any machine and load (the supervised model: as many in all); results "
+        "seed repeats whatever the load (the supervised model: as many in all); results "
         "go to OUT/steps<N>/",
     )  # fmt: skip
     ap.add_argument("--radius", type=float, default=3.0, help="click disc radius (px)")
+    ap.add_argument(
+        "--where", choices=("centre", "random"), default="centre",
+        help="where a click goes: the centre of the largest wrong region (the protocol), or "
+        "a wrong pixel drawn at random (an annotator who clicks any error; OUT/random/)",
+    )  # fmt: skip
     ap.add_argument(
         "--stroke", type=float, default=0.0,
         help="label a stroke of about this many px along the middle of the wrong region "
@@ -1152,6 +1174,8 @@ def main() -> None:
         args.out = args.out / "strokes"
     if args.round_steps:  # nor runs of a step count with runs of a CPU time
         args.out = args.out / f"steps{args.round_steps}"
+    if args.where != "centre":
+        args.out = args.out / args.where
     if args.after_every <= 0:
         ap.error(f"--after-every: must be more than 0 seconds, got {args.after_every:g}")
     args.datasets = [n.strip() for n in args.datasets.split(",") if n.strip()]

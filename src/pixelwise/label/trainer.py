@@ -506,7 +506,7 @@ class Trainer:
     ) -> int:
         """Optimisation steps until ``seconds`` of ``clock`` have passed or ``max_steps`` were
         taken (at least one step when anything is labelled); the number of steps. With
-        ``seconds=math.inf`` and ``max_steps`` a run repeats exactly on any machine and load."""
+        ``seconds=math.inf`` and ``max_steps`` a run repeats exactly whatever the load."""
         start, steps = clock(), 0
         weights = self._class_weights()
         if self.teacher is not None:  # on the trainer's clock: the forest's time is training's
