@@ -51,6 +51,25 @@ def _gmac(model: torch.nn.Module, x: torch.Tensor) -> float:
     return counter.get_total_flops() / 2e9
 
 
+def _intro(env: dict, stride: int) -> None:
+    """What is measured, and the table's header."""
+    print(
+        f"LeNet-style classifier, {WINDOW}x{WINDOW} RGB windows, 11 classes; torch "
+        f"{env['torch']}, {env['threads']} thread(s), {env['cpu_count']} CPUs"
+    )
+    print(
+        f"Output grids differ: naive, shift-and-stitch and à trous score every window "
+        f"(stride 1: (S-{WINDOW - 1})^2 outputs); one FCN pass scores every {stride}th window "
+        f"per axis (((S-{WINDOW})/{stride}+1)^2 outputs, {stride * stride}x fewer)."
+    )
+    header = (
+        f"{'size':>5} {'method':<17} {'outputs':>10} {'time (s)':>10} {'us/output':>10} "
+        f"{'naive/this':>10} {'max |diff|':>10}"
+    )
+    print(header)
+    print("-" * len(header))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[128, 256, 512], help="image sides")
@@ -84,21 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": platform.machine(),
         "python": platform.python_version(),
     }
-    print(
-        f"LeNet-style classifier, {WINDOW}x{WINDOW} RGB windows, 11 classes; torch "
-        f"{env['torch']}, {env['threads']} thread(s), {env['cpu_count']} CPUs"
-    )
-    print(
-        f"Output grids differ: naive, shift-and-stitch and à trous score every window "
-        f"(stride 1: (S-{WINDOW - 1})^2 outputs); one FCN pass scores every {stride}th window "
-        f"per axis (((S-{WINDOW})/{stride}+1)^2 outputs, {stride * stride}x fewer)."
-    )
-    header = (
-        f"{'size':>5} {'method':<17} {'outputs':>10} {'time (s)':>10} {'us/output':>10} "
-        f"{'naive/this':>10} {'max |diff|':>10}"
-    )
-    print(header)
-    print("-" * len(header))
+    _intro(env, stride)
     rows = []
     for size in args.sizes:
         x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(size))

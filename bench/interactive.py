@@ -1103,7 +1103,8 @@ def measured(out: Path) -> dict[str, list[dict[str, Any]]]:
     return {n: sorted(results[n], key=lambda r: r["protocol"]["seed"]) for n in order}
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
+    """The options, checked (an argparse error naming the option)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument(
         "--datasets", default="isbi,drive,digits",
@@ -1183,6 +1184,11 @@ def main() -> None:
     if unknown:
         ap.error(f"--datasets: no dataset {', '.join(unknown)}; give one of {', '.join(LOADERS)} "
                  "or a dataset folder (any layout `pixelwise train --data` reads)")  # fmt: skip
+    return args
+
+
+def main() -> None:
+    args = parse_args()
     torch.set_num_threads(args.threads)
 
     def say(msg: str) -> None:

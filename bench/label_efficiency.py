@@ -327,7 +327,8 @@ def plot(results: list[dict[str, Any]], path: str | Path) -> None:
     plt.close(fig)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
+    """The options (checked in :func:`main`)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
         "--datasets",
@@ -373,8 +374,11 @@ def main() -> None:
         metavar="JSON",
         help="also show the datasets of an earlier --json in the table and plot (repeatable)",
     )
-    args = p.parse_args()
+    return p.parse_args()
 
+
+def main() -> None:
+    args = parse_args()
     names = [s.strip() for s in args.datasets.split(",") if s.strip()]
     unknown = [n for n in names if n not in DATASETS]
     if unknown or not names:
