@@ -193,3 +193,27 @@ def test_zero_head_starts_uniform_and_one_step_moves_it_towards_the_labelled_cla
         predicted[zero] = net.eval()(x).argmax(1)
     assert bool((predicted[True] == 1).all())
     assert not bool((predicted[False] == 1).all())
+
+
+def test_bank_dropout_drops_whole_feature_maps_in_training_only():
+    """unet_same(bank_dropout=p): in training each filter-bank map is zeroed per sample (the
+    first conv's input shows whole zero maps among the bank's channels, never among the
+    image's), in eval the model is the one without it; it needs the bank and a p below 1."""
+    x = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    net = build("unet_same", 2, in_channels=1, depth=2, base_width=4, filter_bank=True,
+                bank_dropout=0.5)  # fmt: skip
+    plain = build("unet_same", 2, in_channels=1, depth=2, base_width=4, filter_bank=True)
+    seen = []
+    net.encoder[0].register_forward_hook(lambda m, inp, out: seen.append(inp[0].detach()))
+    net.train()(x)
+    maps = seen[0].flatten(2).abs().amax(-1)  # (N, 1 + 48): is each map all zero?
+    assert bool((maps[:, 0] > 0).all())  # the image itself is never dropped
+    dropped = (maps[:, 1:] == 0).float().mean()
+    assert 0.3 < float(dropped) < 0.7
+    plain.load_state_dict(net.state_dict())  # the running statistics of that step too
+    with torch.no_grad():
+        torch.testing.assert_close(net.eval()(x), plain.eval()(x))
+    for bad in ({"bank_dropout": 0.5}, {"filter_bank": True, "bank_dropout": 1.0}):
+        with pytest.raises(ConfigError, match="bank_dropout"):
+            build("unet_same", 2, in_channels=1, depth=2, base_width=4, **bad)

@@ -25,7 +25,8 @@ def check_args(model: str, **values: object) -> None:
 
     Knows ``num_classes``, ``in_channels``, ``depth``, ``base_width``, ``stem_width`` (integers
     >= 1; ``stem_width`` may be None), ``bank_width`` (an integer >= 0), ``width``
-    (a number > 0), ``dropout`` (0 <= p < 1) and boolean flags (any other name).
+    (a number > 0), ``dropout`` and ``bank_dropout`` (0 <= p < 1) and boolean flags (any
+    other name).
     """
     for name, value in values.items():
         if name in ("num_classes", "in_channels", "depth", "base_width", "stem_width"):
@@ -38,7 +39,7 @@ def check_args(model: str, **values: object) -> None:
         elif name == "width":
             ok = _is_number(value) and math.isfinite(value) and value > 0
             need = "a number > 0"
-        elif name == "dropout":
+        elif name in ("dropout", "bank_dropout"):
             ok = _is_number(value) and 0 <= value < 1
             need = "a number in [0, 1)"
         else:

@@ -57,8 +57,11 @@ class UNet(SegmentationModel):
     channel at scales 0.7-10 px), which lets the network learn from a few clicks what a random
     forest on those features learns (the labeling page's live model). ``bank_width`` > 0: a 1x1
     conv (+ BatchNorm, ReLU) mixes those features per pixel into that many channels first, which
-    makes the first 3x3 conv 48 x C / ``bank_width`` times cheaper. ``zero_head``: the 1x1 head
-    starts at zero (the logits are 0, the scores uniform, until the first step).
+    makes the first 3x3 conv 48 x C / ``bank_width`` times cheaper. ``bank_dropout``: in
+    training, each feature map of the bank is zeroed with this probability, per sample (the
+    others scaled up; ``nn.Dropout2d``), so that no prediction leans on a few features, as a
+    random forest's trees each see a random subset. ``zero_head``: the 1x1 head starts at zero
+    (the logits are 0, the scores uniform, until the first step).
     """
 
     def __init__(
@@ -75,11 +78,14 @@ class UNet(SegmentationModel):
         filter_bank: bool = False,
         bank_width: int = 0,
         zero_head: bool = False,
+        bank_dropout: float = 0.0,
     ) -> None:
         if padding not in ("valid", "same"):
             raise ConfigError(f"U-Net padding must be 'valid' or 'same', got {padding!r}")
         if bank_width and not filter_bank:
             raise ConfigError("U-Net bank_width mixes the filter bank: set filter_bank=true too")
+        if bank_dropout and not filter_bank:
+            raise ConfigError("U-Net bank_dropout drops filter-bank maps: set filter_bank=true too")
         border = _border(depth) if padding == "valid" else 0
         super().__init__(num_classes, in_channels, border)
         self.depth = depth
@@ -98,6 +104,7 @@ class UNet(SegmentationModel):
             if filter_bank and bank_width > 0
             else nn.Identity()
         )
+        self.bank_dropout = nn.Dropout2d(bank_dropout) if bank_dropout > 0 else nn.Identity()
         self.encoder = nn.ModuleList()
         previous = in_channels + (bank_width or self.features.out_channels if filter_bank else 0)
         for level in range(depth):
@@ -129,7 +136,7 @@ class UNet(SegmentationModel):
         self.output_size(*x.shape[-2:])  # raises ConfigError for too-small inputs
         if self.features is not None:
             feats = self.features(x) if features is None else features
-            x = torch.cat([x, self.feature_mix(feats)], dim=1)
+            x = torch.cat([x, self.feature_mix(self.bank_dropout(feats))], dim=1)
         skips = []
         for level, block in enumerate(self.encoder):
             x = block(x)
@@ -261,12 +268,14 @@ def unet_same(
     filter_bank: bool = False,
     bank_width: int = 0,
     zero_head: bool = False,
+    bank_dropout: float = 0.0,
 ) -> UNet:
     """U-Net with padded convs and BatchNorm: logits exactly the input's size.
 
     ``filter_bank=True``: ilastik's fixed pixel features (48 per input channel) beside the image
     at the input, for learning from a few clicks (the labeling page's default); ``bank_width``:
-    mixed per pixel into that many channels first (0: fed as they are). ``zero_head=True``: the
+    mixed per pixel into that many channels first (0: fed as they are); ``bank_dropout``: the
+    probability that training drops each of its maps, per sample. ``zero_head=True``: the
     1x1 head starts at zero, so the first predictions are uniform and the first steps move
     them towards the labelled classes (with He-initialised scores a model trained a few steps
     on one class's strokes may still predict another; tried for the labeling page, off there:
