@@ -13,6 +13,7 @@ the union of the per-rank batches is exactly the batch one process would train o
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -135,6 +136,10 @@ def init(device: str | torch.device = "auto") -> tuple[DistInfo, torch.device, b
 def destroy(created: bool) -> None:
     """Leave the process group if :func:`init` created it."""
     if created and dist.is_available() and dist.is_initialized():
+        # the DDP wrapper and its reducer may sit in reference cycles; collect them while the
+        # group and the interpreter are alive, not at exit, where a gloo thread still holding
+        # Python objects aborts the process ("terminate called without an active exception")
+        gc.collect()
         # every rank reaches this point before any tears gloo down: a rank leaving while
         # another still has collectives in flight can abort the process at exit
         with contextlib.suppress(RuntimeError):  # a peer already died: nothing to wait for
