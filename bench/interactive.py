@@ -683,9 +683,11 @@ def own_clicks(r: dict[str, Any], k: int) -> dict[str, Any]:
 def table(results: dict[str, list[dict[str, Any]]]) -> str:
     """Per dataset: every seed's row at each forest point, then the mean over the seeds at the
     last point (one run is not a measurement: the clicks follow the model)."""
+    steps = any(r["protocol"].get("round_steps") for runs in results.values() for r in runs)
+    budget = "same steps" if steps else "same CPU time"
     lines = [
         "| dataset | seed | clicks/image | labelled px/image | pixelwise mIoU | "
-        "random forest mIoU | supervised mIoU (same CPU time) | pixelwise / supervised | "
+        f"random forest mIoU | supervised mIoU ({budget}) | pixelwise / supervised | "
         "pixelwise - forest |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
