@@ -60,6 +60,10 @@ vessel (results in ``OUT/strokes/``, never tabled with the clicks).
 scored every ``--after-every`` seconds (``pixelwise_after`` in the JSON): is the model short of
 training time or of labels?
 
+With two classes the last model is also scored with the best constant offset of the first
+class's log-probability (-3 to 3, steps of 0.25; ``pixelwise_best_offset`` in the JSON). It is
+chosen on the held-out images, an oracle, not a setting: is the gap a threshold?
+
 ``--latency``: the page's server (uvicorn, real HTTP) with the trainer running on ISBI, strokes
 sent at a person's pace: the stroke-to-saved latency (request sent to atomic save answered), the
 interval between new predictions arriving at a polling page and the time one such prediction of
