@@ -395,28 +395,28 @@ def interactive(data: dict[str, Any], args, tmp: Path, say) -> tuple[list, list,
             say(f"  {data['name']} round {r + 1}: {row['clicks']} clicks, mIoU {row['miou']:.4f}, "
                 f"{row['steps']} steps, wall {wall:.0f} s")  # fmt: skip
         after = keep_training(trainer, data, args, say)
-        offset = best_offset(trainer, data["heldout"], n)
-        with torch.inference_mode():
-            last = trainer.live.probabilities(data["heldout"][0][1], trainer.live.current()[0])
+        with torch.inference_mode():  # the last model on the held-out images, once
+            model, _ = trainer.live.current()
+            probs = [trainer.live.probabilities(im, model) for _, im, _ in data["heldout"]]
     finally:
         project.close()
-    return rows, clicks, after, last.argmax(0).numpy(), offset
+    offset = best_offset(probs, [gt for _, _, gt in data["heldout"]])
+    return rows, clicks, after, probs[0].argmax(0).numpy(), offset
 
 
-@torch.inference_mode()
-def best_offset(trainer: Trainer, heldout, num_classes: int) -> dict[str, Any] | None:
-    """Is the last model's gap a threshold? With two classes: the held-out mIoU when a constant
-    is added to the first class's log-probability, the best of -3 to 3 in steps of 0.25 (an
-    oracle: it is chosen on the held-out images themselves). None with more classes."""
-    if num_classes != 2:
+def best_offset(probs: list[torch.Tensor], truth: list[np.ndarray]) -> dict[str, Any] | None:
+    """Is the last model's gap a threshold? With two classes (``probs`` of ``(2, H, W)``): the
+    held-out mIoU when a constant is added to the first class's log-probability, the best of
+    -3 to 3 in steps of 0.25 (an oracle: it is chosen on the held-out images themselves). None
+    with more classes."""
+    if probs[0].shape[0] != 2:
         return None
-    model, _ = trainer.live.current()
-    logp = [torch.log(trainer.live.probabilities(im, model).float() + 1e-8) for _, im, _ in heldout]
-    truth = [torch.from_numpy(gt.astype(np.int64)) for _, _, gt in heldout]
+    logp = [torch.log(p.float() + 1e-8) for p in probs]
+    gts = [torch.from_numpy(gt.astype(np.int64)) for gt in truth]
     best = None
     for offset in np.arange(-3.0, 3.0 + 1e-9, 0.25):
         cm = torch.zeros(2, 2, dtype=torch.int64)
-        for lp, gt in zip(logp, truth, strict=True):
+        for lp, gt in zip(logp, gts, strict=True):
             shifted = torch.stack([lp[0] + float(offset), lp[1]])
             cm += confusion_matrix(shifted.argmax(0), gt, 2)
         miou = scores(cm)["mean_iou"]
