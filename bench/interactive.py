@@ -12,9 +12,10 @@ the largest connected region that the current model predicts wrongly, split by t
 leaving out the pixels already labelled (before any model exists every pixel is wrong). A click
 labels a disc of radius ``--radius`` px (3) with the true class of its centre, restricted to
 the pixels of that class (the annotator does not paint over the boundary); ``--where random``
-clicks a wrong pixel drawn at random instead, an annotator who clicks any error. The clicks go
-through :class:`pixelwise.label.project.Project` exactly as the page's strokes do, and between
-rounds :class:`pixelwise.label.trainer.Trainer` (the page's trainer, its default model: a
+clicks a wrong pixel drawn at random instead, an annotator who clicks any error, and ``--where
+anywhere`` an unlabelled pixel drawn at random, right or wrong. The clicks go through
+:class:`pixelwise.label.project.Project` exactly as the page's strokes do, and between rounds
+:class:`pixelwise.label.trainer.Trainer` (the page's trainer, its default model: a
 ``unet_same`` of depth 3 and 8 base channels with ilastik's filter bank at its input, AdamW,
 steps of 16 crops of 64 px around labelled pixels, masked cross-entropy plus the CRF loss)
 trains for
@@ -239,7 +240,8 @@ def dataset_name(name: str) -> str:
 def next_click(gt: np.ndarray, pred: np.ndarray | None, labelled: np.ndarray, rng=None):
     """(y, x, region) of the centre of the largest wrongly predicted region of one true class
     (and that region's mask), or None when every unlabelled pixel is right. With a numpy
-    ``rng`` (``--where random``): a wrong pixel drawn uniformly, and its region."""
+    ``rng`` (``--where random``): a wrong pixel drawn uniformly, and its region; with ``pred``
+    None as well (``--where anywhere``), any unlabelled pixel."""
     wrong = (gt != ERASE) & ~labelled
     if pred is not None:
         wrong &= pred != gt
@@ -269,8 +271,14 @@ def next_click(gt: np.ndarray, pred: np.ndarray | None, labelled: np.ndarray, rn
 
 
 def click_rng(args) -> np.random.Generator | None:
-    """The random annotator's own generator (``--where random``), one per session."""
-    return np.random.default_rng(10_000 + args.seed) if args.where == "random" else None
+    """The random annotator's own generator (``--where random`` or ``anywhere``), one per
+    session."""
+    return np.random.default_rng(10_000 + args.seed) if args.where != "centre" else None
+
+
+def shown(pred, args):
+    """The prediction the annotator looks for errors in: none with ``--where anywhere``."""
+    return None if pred is None or args.where == "anywhere" else pred
 
 
 def annotate(gt: np.ndarray, found: tuple[int, int, np.ndarray], args) -> np.ndarray:
@@ -373,7 +381,10 @@ def interactive(data: dict[str, Any], args, tmp: Path, say) -> tuple[list, list,
             for stem, _, gt in data["pool"]:
                 pred = trainer.live.predict(stem, project)
                 found = next_click(
-                    gt, None if pred is None else pred.labels, project.mask(stem) != ERASE, rng
+                    gt,
+                    shown(None if pred is None else pred.labels, args),
+                    project.mask(stem) != ERASE,
+                    rng,
                 )
                 if found is None:
                     continue
@@ -586,7 +597,7 @@ def forest_loop(data: dict[str, Any], args, say) -> list:
     for r in range(args.clicks):
         for stem, _, gt in data["pool"]:
             pred = None if rf is None else forest_predict(rf, pool[stem], gt.shape)
-            found = next_click(gt, pred, labelled[stem], rng)
+            found = next_click(gt, shown(pred, args), labelled[stem], rng)
             if found is None:
                 continue
             index = annotate(gt, found, args)
@@ -1157,9 +1168,10 @@ def parse_args() -> argparse.Namespace:
     )  # fmt: skip
     ap.add_argument("--radius", type=float, default=3.0, help="click disc radius (px)")
     ap.add_argument(
-        "--where", choices=("centre", "random"), default="centre",
-        help="where a click goes: the centre of the largest wrong region (the protocol), or "
-        "a wrong pixel drawn at random (an annotator who clicks any error; OUT/random/)",
+        "--where", choices=("centre", "random", "anywhere"), default="centre",
+        help="where a click goes: the centre of the largest wrong region (the protocol), "
+        "a wrong pixel drawn at random (an annotator who clicks any error; OUT/random/), or "
+        "any unlabelled pixel drawn at random (OUT/anywhere/)",
     )  # fmt: skip
     ap.add_argument(
         "--stroke", type=float, default=0.0,
