@@ -245,3 +245,23 @@ def test_prediction_accept_and_next_with_a_model(make_app, tmp_path):
     assert nxt["name"] == "img2" and nxt["score"] == pytest.approx(0.7)
     assert client.get("/api/next?order=sequential&after=img0").json()["name"] == "img1"
     assert client.get("/api/next?order=sequential&after=img2").json()["name"] == "img1"
+
+
+def test_suggested_points_are_unlabelled_stable_and_give_way_when_labelled(make_app):
+    client = TestClient(make_app())
+    first = client.get("/api/suggest/img1?n=6").json()
+    assert first["name"] == "img1" and first["version"] == 0 and len(first["points"]) == 6
+    assert all(0 <= x < 56 and 0 <= y < 40 for x, y in first["points"])
+    assert client.get("/api/suggest/img1?n=6").json() == first  # the same in every tab
+    x, y = first["points"][0]
+    res = client.post("/api/strokes", json={"name": "img1", "strokes": [stroke(1, 1, (x, y))]})
+    mask = expected_mask([stroke(1, 1, (x, y))])
+    after = client.get("/api/suggest/img1?n=6").json()
+    assert after["version"] == res.json()["version"] == 1
+    assert all(mask[py, px] == ERASE for px, py in after["points"])
+    kept = [p for p in first["points"] if mask[p[1], p[0]] == ERASE]
+    assert after["points"][: len(kept)] == kept  # the others stay where they were
+    for bad in ("0", "101", "x"):
+        res = client.get(f"/api/suggest/img1?n={bad}")
+        assert res.status_code == 400 and "1..100" in res.json()["error"]
+    assert client.get("/api/suggest/nope").status_code == 404

@@ -198,3 +198,54 @@ def test_two_tabs_and_a_vanished_image(server, tmp_path):
             assert "no longer exists" in one.inner_text("#status")
         finally:
             browser.close()
+
+
+def ring_pixels(page, points) -> list[list[int]]:
+    """The canvas's RGB where the ring of each suggested image pixel is drawn (the ring's
+    radius, max(6, 1.5 x zoom) screen px, right of its centre)."""
+    return page.evaluate(
+        "(pts) => { const c = document.getElementById('canvas'), d = window.devicePixelRatio;"
+        " const L = window.pixelwiseLabel, r = Math.max(6, 1.5 * L.state.view.scale);"
+        " const ctx = c.getContext('2d'); return pts.map(([x, y]) => {"
+        " const [sx, sy] = L.toScreen(x + 0.5, y + 0.5);"
+        " return Array.from(ctx.getImageData(Math.round((sx + r) * d),"
+        " Math.round(sy * d), 1, 1).data).slice(0, 3); }); }",
+        points,
+    )
+
+
+def test_suggested_points_are_drawn_and_give_way_when_labelled(server, tmp_path):
+    url, project, session = server
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1100, "height": 700})
+            page.goto(url + "/#scene2")
+            page.wait_for_selector("#canvas[data-image='scene2'][data-points='5']", timeout=30_000)
+            points = page.evaluate("window.pixelwiseLabel.state.points")
+            assert points == session.project.suggested_points("scene2", 5)["points"]
+            drawn = ring_pixels(page, points)
+            page.keyboard.press("p")  # points off: the image shows through where rings were
+            page.wait_for_selector("#canvas[data-points='0']", timeout=10_000)
+            page.wait_for_timeout(100)  # the next animation frame
+            under = ring_pixels(page, points)
+            for ring, image in zip(drawn, under, strict=True):  # grey rings on tinted scenes
+                moved = np.abs(np.subtract(ring, image)).max()
+                assert max(ring) - min(ring) < 12 < moved, (ring, image)
+
+            page.keyboard.press("p")  # on again; label the first point as background
+            page.wait_for_selector("#canvas[data-points='5']", timeout=10_000)
+            x, y = points[0]
+            draw(page, [(x + 0.5, y + 0.5)], key="1")
+            wait_saved(page, 1)
+            assert read_mask(project / "masks" / "scene2.png")[y, x] == 0
+            page.wait_for_function(
+                "JSON.stringify(window.pixelwiseLabel.state.points.slice(0, 4)) === "
+                f"'{str(points[1:]).replace(' ', '')}'",
+                timeout=10_000,
+            )  # the others stay where they were, a new one joins them
+            new = page.evaluate("window.pixelwiseLabel.state.points")
+            assert len(new) == 5 and points[0] not in new
+            assert page.evaluate("document.getElementById('canvas').dataset.points") == "5"
+        finally:
+            browser.close()

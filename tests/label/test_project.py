@@ -19,6 +19,7 @@ from pixelwise.label.project import (
     Project,
     Stroke,
     parse_classes,
+    random_unlabelled,
     stroke_footprint,
 )
 
@@ -263,3 +264,20 @@ def test_concurrent_strokes_on_one_image_all_survive(images, tmp_path):
         assert project.entries["img0"].version == len(centres)
     finally:
         project.close()
+
+
+def test_random_unlabelled_points_are_uniform_over_the_unlabelled_pixels():
+    mask = np.full((60, 80), ERASE, np.uint8)
+    mask[:, :40] = 1  # the left half labelled
+    points = random_unlabelled(mask, 400, seed=3)
+    assert len(points) == len(set(points)) == 400
+    xs = np.array([x for _, x in points])
+    assert xs.min() >= 40 and all(mask[y, x] == ERASE for y, x in points)
+    # uniform over the right half: each quarter of it gets about a quarter of the points
+    quarters = np.bincount((xs - 40) // 10, minlength=4)
+    assert quarters.min() > 70, quarters
+    assert random_unlabelled(mask, 400, seed=3) == points  # a seed is one sequence
+    assert random_unlabelled(mask, 400, seed=4) != points
+    mask[:] = 0
+    mask[5, 7] = ERASE  # nearly all labelled: the one pixel left, and no more
+    assert random_unlabelled(mask, 3, seed=0) == [(5, 7)]

@@ -19,6 +19,8 @@ is gone, 409: its mask file is unreadable or a stroke cannot be undone, 400: a b
   pixels whose predicted probability is at least ``threshold`` take the predicted class (one
   undoable change).
 - ``GET /api/next?after=STEM&order=uncertain|sequential``: the unlabelled image to open next.
+- ``GET /api/suggest/STEM?n=N``: up to N (1..100, default 5) unlabelled pixels to label next,
+  drawn at random (``{name, version, points: [[x, y], ...]}``; the page's rings).
 """
 
 from __future__ import annotations
@@ -298,6 +300,17 @@ async def api_next(request: Request) -> Response:
     return JSONResponse(_session(request).next_image(after, order))
 
 
+@_handles_errors
+async def api_suggest(request: Request) -> Response:
+    raw = request.query_params.get("n", "5")
+    if not raw.isdigit() or not 1 <= int(raw) <= 100:
+        raise LabelError(400, f"n={raw!r}: ask for 1..100 points")
+    name = request.path_params["name"]
+    return JSONResponse(
+        await run_in_threadpool(_session(request).project.suggested_points, name, int(raw))
+    )
+
+
 def create_label_app(
     images_dir: str | Path,
     classes: str | Sequence[str] | None,
@@ -356,6 +369,7 @@ def create_label_app(
         Route("/api/undo", api_undo, methods=["POST"]),
         Route("/api/accept", api_accept, methods=["POST"]),
         Route("/api/next", api_next),
+        Route("/api/suggest/{name}", api_suggest),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     app = Starlette(

@@ -22,6 +22,7 @@ import contextlib
 import os
 import secrets
 import threading
+import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ __all__ = [
     "Project",
     "Stroke",
     "parse_classes",
+    "random_unlabelled",
     "stroke_footprint",
 ]
 
@@ -386,6 +388,15 @@ class Project:
         with entry.lock:
             return self._mask(entry).copy(), entry.version
 
+    def suggested_points(self, stem: str, count: int) -> dict[str, Any]:
+        """Where to click next in ``stem``: ``{name, version, points: [[x, y], ...]}``, up to
+        ``count`` unlabelled pixels of :func:`random_unlabelled`, the image's own sequence
+        (the same points in every tab and after a restart; a labelled one gives way to the
+        next)."""
+        mask, version = self.mask_with_version(stem)
+        points = random_unlabelled(mask, count, zlib.crc32(stem.encode()))
+        return {"name": stem, "version": version, "points": [[x, y] for y, x in points]}
+
     def labelled_stems(self) -> list[str]:
         return [s for s in self.order if self.entries[s].labelled > 0 and not self.entries[s].error]
 
@@ -501,6 +512,25 @@ class Project:
                 listener(entry.stem)
         return {"name": entry.stem, "version": entry.version, "ids": ids,
                 "labelled": entry.labelled, "changed": changed}  # fmt: skip
+
+
+def random_unlabelled(mask: np.ndarray, count: int, seed: int) -> list[tuple[int, int]]:
+    """Up to ``count`` ``(y, x)`` of unlabelled pixels (255) of ``mask (H, W)``: the first
+    unlabelled ones of a sequence of pixels drawn uniformly at random with ``seed``, so each is
+    uniform over the unlabelled pixels and labelling one leaves the others in place (random
+    point annotation, as CoralNet's; the bench's ``--where anywhere`` clicks such points);
+    fewer when almost everything is labelled."""
+    rng = np.random.default_rng(seed)
+    flat, found, seen = mask.reshape(-1), [], set()
+    for _ in range(64):  # 64 batches of 1024 draws: enough unless nearly all is labelled
+        draws = rng.integers(flat.size, size=1024)
+        for i in draws[flat[draws] == ERASE].tolist():
+            if i not in seen:
+                seen.add(i)
+                found.append(divmod(i, mask.shape[1]))
+                if len(found) == count:
+                    return found
+    return found
 
 
 def _unlink(later: list[_Change], change: _Change, mask: np.ndarray) -> bool:

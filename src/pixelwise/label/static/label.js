@@ -13,6 +13,7 @@ const S = {
   undo: {}, redo: {},
   drawing: null, panning: null, space: false, mouse: null,
   trainer: null, predLoading: false, frame: 0,
+  points: [], pointsFor: "", // suggested pixels [[x, y], ...] of "name:version"
 };
 
 // ---- small helpers --------------------------------------------------------------------------
@@ -222,6 +223,7 @@ function saved(name, res) {
   const img = S.images.find((i) => i.name === name);
   if (img) { img.labelled = res.labelled; img.version = res.version; updateListItem(img); }
   setStatus(`saved (${res.labelled} labelled pixels)`);
+  refreshPoints();
 }
 
 async function drain() {
@@ -250,6 +252,7 @@ async function reloadMask() {
     for (const st of S.queue) if (st.name === cur.name) applyStroke(st);
     repaintLabels();
     mark();
+    refreshPoints();
   } catch (err) {
     cur.locked = err.message;
     setStatus(err.message, true);
@@ -345,6 +348,8 @@ async function openImage(name) {
     name, w, h, img, labels: new Uint8Array(w * h).fill(ERASE), version: -1,
     labelCanvas: newCanvas(w, h), predCanvas: null, uncCanvas: null, predVersion: 0, locked: null,
   };
+  S.points = [];
+  S.pointsFor = "";
   document.querySelectorAll("#images li").forEach((li) => li.classList.toggle("current", li.dataset.name === name));
   fit();
   await reloadMask();
@@ -385,6 +390,51 @@ async function refreshPrediction() {
     if (err.status !== 404 && err.status !== 410) setStatus(`prediction: ${err.message}`, true);
   } finally {
     S.predLoading = false;
+  }
+}
+
+function pointCount() { return Math.max(0, Math.min(100, Math.floor(Number($("points").value) || 0))); }
+
+async function refreshPoints() { // the server's suggested pixels of the open image's saved mask
+  const cur = S.cur, n = pointCount();
+  if (!cur || cur.locked) return;
+  const key = `${cur.name}:${cur.version}:${n}`;
+  if (key === S.pointsFor) return;
+  S.pointsFor = key;
+  let points = [];
+  if (n > 0) {
+    try {
+      points = (await getJSON(`/api/suggest/${enc(cur.name)}?n=${n}`)).points;
+    } catch (err) {
+      S.pointsFor = "";
+      return;
+    }
+  }
+  if (S.cur !== cur || S.pointsFor !== key) return; // another image or version since
+  S.points = points;
+  mark();
+  requestRender();
+}
+
+function shownPoints() { // the suggestions not yet labelled here (strokes show before they save)
+  const cur = S.cur;
+  if (!cur) return [];
+  return S.points.filter(([x, y]) => cur.labels[y * cur.w + x] === ERASE);
+}
+
+function drawPoints(ctx, dpr) {
+  const v = S.view;
+  ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+  for (const [x, y] of shownPoints()) {
+    const sx = v.ox + (x + 0.5) * v.scale, sy = v.oy + (y + 0.5) * v.scale;
+    const r = Math.max(6, 1.5 * v.scale);
+    for (const [color, width] of [["#000", 3.5], ["#fff", 1.5]]) {
+      ctx.beginPath();
+      ctx.arc(sx, sy, r, 0, 2 * Math.PI);
+      ctx.strokeStyle = color;
+      ctx.lineWidth = width;
+      ctx.stroke();
+    }
   }
 }
 
@@ -548,6 +598,7 @@ function render() {
     if (layer && alpha > 0) { ctx.globalAlpha = alpha; ctx.drawImage(layer, 0, 0); }
   }
   ctx.globalAlpha = 1;
+  drawPoints(ctx, dpr);
   if (S.mouse && !S.panning) {
     ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
     ctx.beginPath();
@@ -566,6 +617,7 @@ function mark() { // state for people and tests: which image, its version, the p
     c.dataset.prediction = String(S.cur.predVersion);
   }
   c.dataset.pending = String(S.queue.length + (S.sending ? 1 : 0));
+  c.dataset.points = String(shownPoints().length);
 }
 
 // ---- polling: the trainer, other tabs, the list ---------------------------------------------
@@ -669,6 +721,7 @@ function onKey(e) {
     e: () => pickClass("eraser"), "[": () => setBrush(S.brush / 1.25), "]": () => setBrush(S.brush * 1.25 + 0.5),
     z: undo, Z: redo, y: redo, n: nextImage, a: acceptPrediction, f: fit,
     u: () => { $("unc-opacity").value = opacity("unc-opacity") > 0 ? "0" : "60"; syncOutputs(); },
+    p: () => { $("points").value = pointCount() > 0 ? "0" : "5"; refreshPoints(); },
     "+": () => zoomAt(...center(), 1.25), "-": () => zoomAt(...center(), 0.8),
   };
   if (actions[k]) { e.preventDefault(); actions[k](); }
@@ -692,6 +745,7 @@ function bindControls() {
   $("accept").addEventListener("click", acceptPrediction);
   $("next").addEventListener("click", nextImage);
   $("order").addEventListener("change", () => { S.order = $("order").value; });
+  $("points").addEventListener("change", refreshPoints);
   $("fit").addEventListener("click", fit);
   $("one").addEventListener("click", () => { const [x, y] = center(); zoomAt(x, y, 1 / S.view.scale); });
   window.addEventListener("resize", () => requestRender());
